@@ -1,0 +1,3 @@
+"""Bistro resource-forest scheduling for Apache Airflow."""
+
+__version__ = "0.1.0"

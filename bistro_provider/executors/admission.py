@@ -1,0 +1,432 @@
+"""Resource admission for queued Airflow task instances, independent of how they then run.
+
+The executor hands every queued workload to `AdmissionController.classify`. Workloads of a
+Bistro job DAG (their `executor_config` has a ``bistro`` entry) become waiting tasks; all
+others need no resources. `run_pass` applies the configured Bistro policy to the waiting
+tasks, and `commit` writes the grants and each task's admission record in one transaction
+before the executor dispatches anything, so a crash between the two never leaves a
+running task without a grant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bistro_provider.core.forest import Forest, Node
+from bistro_provider.core.live import LiveForest
+from bistro_provider.core.model import Config, Job
+from bistro_provider.core.policies import JobCandidates, StartResult
+from bistro_provider.core.resources import Holdings, Ledger, NodeKey, level_capacity
+from bistro_provider.core.scheduler import Admission, Candidate, admit_pass, order_nodes
+from bistro_provider.operators.job import PATHS_KEY, admission_key
+from bistro_provider.store import repository
+
+log = logging.getLogger(__name__)
+
+TERMINAL_STATUS_FALLBACK = {
+    "success": "done",
+    "failed": "failed",
+    "up_for_retry": "error_backoff",
+    "up_for_reschedule": "incomplete",
+}
+
+
+@dataclass
+class WaitingTask:
+    """A queued task instance of a Bistro job, resolved to its node."""
+
+    workload: Any
+    job: str
+    node: str
+    snapshot_task: str
+    recorded_path: tuple[str, ...] = ()
+    since: float = field(default_factory=time.time)
+    reason: str = "not tried yet"
+
+    @property
+    def ti_id(self) -> str:
+        return str(self.workload.ti.id)
+
+
+@dataclass(frozen=True)
+class Granted:
+    """A waiting task the pass admitted, with what it holds."""
+
+    task: WaitingTask
+    admission: Admission
+
+
+def bistro_marker(workload: Any) -> dict[str, Any] | None:
+    """Return the ``bistro`` entry of a workload's executor_config, if it has one."""
+    executor_config = getattr(workload.ti, "executor_config", None) or {}
+    marker = executor_config.get("bistro") if isinstance(executor_config, dict) else None
+    return marker if isinstance(marker, dict) and marker.get("job") else None
+
+
+class AdmissionController:
+    """The ledger and the Bistro pass over waiting task instances.
+
+    :param live: the config and forest to admit against; None admits nothing of Bistro jobs.
+    :param worker_name: this machine as a node of the ``worker`` level.
+    """
+
+    def __init__(self, live: LiveForest | None, *, worker_name: str | None = None):
+        self.live = live
+        self.worker_name = worker_name or socket.gethostname()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.rng = random.Random()
+        self.overrides: dict[NodeKey, dict[str, int]] = {}
+        self.ledger = Ledger(self._capacity_of)
+        self.waiting: dict[Any, WaitingTask] = {}
+        self._names: dict[tuple[str, str, str], list[str]] = {}
+        self._paths: dict[tuple[str, str, str], dict[str, list[str]]] = {}
+
+    # -- capacity -------------------------------------------------------------------------
+
+    def _capacity_of(self, key: NodeKey) -> dict[str, int]:
+        config = self.live.config if self.live else None
+        if config is None:
+            return {}
+        forest = self.live.forest if self.live else None
+        node_capacity = _node_capacities(forest, config, key)
+        return dict(level_capacity(config.settings, node_capacity, self.overrides)(key))
+
+    # -- classification -------------------------------------------------------------------
+
+    def resolve(self, workloads: Iterable[Any], session: Session) -> list[Any]:
+        """Resolve new Bistro workloads to their nodes; return those that are not Bistro's.
+
+        A workload whose run's node list cannot be read yet stays unresolved and is retried
+        on the next call.
+        """
+        plain = []
+        for workload in workloads:
+            key = workload.ti.key
+            if key in self.waiting:
+                continue
+            marker = bistro_marker(workload)
+            if marker is None:
+                plain.append(workload)
+                continue
+            task = self._resolve_one(workload, marker, session)
+            if task is not None:
+                self.waiting[key] = task
+        return plain
+
+    def _resolve_one(
+        self, workload: Any, marker: dict[str, Any], session: Session
+    ) -> WaitingTask | None:
+        ti = workload.ti
+        snapshot = str(marker.get("snapshot_task", "snapshot_nodes"))
+        run_key = (ti.dag_id, ti.run_id, snapshot)
+        names = self._names.get(run_key)
+        if names is None:
+            names, paths = _read_snapshot(session, ti.dag_id, ti.run_id, snapshot)
+            if names is None:
+                log.warning("No node list recorded for %s/%s yet; retrying", ti.dag_id, ti.run_id)
+                return None
+            self._names[run_key] = names
+            self._paths[run_key] = paths
+        if not 0 <= ti.map_index < len(names):
+            log.error(
+                "Task %s map index %d is outside the run's %d nodes; admitting it without "
+                "resources",
+                ti.key,
+                ti.map_index,
+                len(names),
+            )
+            return None
+        node = names[ti.map_index]
+        path = tuple(self._paths.get(run_key, {}).get(node, ()))
+        return WaitingTask(workload, str(marker["job"]), node, snapshot, path)
+
+    def forget(self, key: Any) -> WaitingTask | None:
+        return self.waiting.pop(key, None)
+
+    # -- the pass -------------------------------------------------------------------------
+
+    def run_pass(self, free_slots: int, statuses: dict[tuple[str, str], Any]) -> list[Granted]:
+        """Admit waiting tasks by the configured policy while worker slots are free."""
+        config = self.live.config if self.live else None
+        if config is None or not self.waiting:
+            return []
+        if not config.settings.enabled:
+            for task in self.waiting.values():
+                task.reason = "scheduling is disabled (bistro_settings.enabled is false)"
+            return []
+        forest = self.live.forest if self.live else None
+        entries, by_task = self._build_candidates(config, forest, statuses)
+        granted: list[Granted] = []
+        slots = [free_slots]
+
+        def start_hook(job: Job, candidate: Candidate, node: Node, needs: Holdings) -> StartResult:
+            if slots[0] <= 0:
+                return StartResult.STOP
+            slots[0] -= 1
+            return StartResult.RAN
+
+        result = admit_pass(
+            config.settings,
+            entries,
+            self.ledger,
+            self.rng,
+            start_hook=start_hook,
+            holder_of=lambda job, node: by_task[(job, node)].ti_id,
+        )
+        for admission in result.started:
+            task = by_task[(admission.job, admission.node)]
+            granted.append(Granted(task, admission))
+        for key, reason in result.waiting.items():
+            if key in by_task:
+                by_task[key].reason = reason
+        return granted
+
+    def _build_candidates(
+        self, config: Config, forest: Forest | None, statuses: dict[tuple[str, str], Any]
+    ) -> tuple[list[JobCandidates[Candidate]], dict[tuple[str, str], WaitingTask]]:
+        settings = config.settings
+        by_job: dict[str, dict[str, WaitingTask]] = {}
+        for task in self.waiting.values():
+            job = config.jobs.get(task.job)
+            if job is None or not job.can_run:
+                task.reason = _job_problem(task.job, job)
+                continue
+            if not _dependencies_done(job, task.node, statuses, config):
+                task.reason = f"dependency not done: {', '.join(job.depends_on)}"
+                continue
+            by_job.setdefault(task.job, {})[task.node] = task
+        entries = []
+        by_task: dict[tuple[str, str], WaitingTask] = {}
+        jobs = list(by_job)
+        self.rng.shuffle(jobs)
+        for name in jobs:
+            job = config.jobs[name]
+            level = settings.level_index(job.level_for_tasks or settings.level_for_tasks)
+            candidates = []
+            for node_name in order_nodes(list(by_job[name]), settings.node_order, self.rng):
+                task = by_job[name][node_name]
+                replicas = _replicas(forest, level, task, settings.levels)
+                if not replicas:
+                    task.reason = "node disabled"
+                    continue
+                candidates.append(Candidate(node_name, replicas))
+                by_task[(name, node_name)] = task
+            entries.append(JobCandidates(job, candidates))
+        return entries, by_task
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def commit(self, granted: list[Granted], session: Session, statuses: dict[Any, Any]) -> None:
+        """Write the grants and the tasks' admission records; the caller commits."""
+        from airflow.models.xcom import XComModel
+
+        config = self.live.config if self.live else None
+        now = time.time()
+        for item in granted:
+            ti = item.task.workload.ti
+            admission = item.admission
+            repository.add_grant(
+                session,
+                repository.GrantRecord(
+                    ti_id=str(ti.id),
+                    dag_id=ti.dag_id,
+                    task_id=ti.task_id,
+                    run_id=ti.run_id,
+                    map_index=ti.map_index,
+                    try_number=ti.try_number,
+                    job=admission.job,
+                    node=admission.node,
+                    path=admission.path,
+                    holdings=admission.holdings,
+                    worker=self.worker_name,
+                    granted_at=now,
+                    owner=self.owner,
+                ),
+            )
+            record = self._admission_record(item, config, statuses)
+            XComModel.set(
+                key=admission_key(ti.map_index),
+                value=record,
+                dag_id=ti.dag_id,
+                task_id=item.task.snapshot_task,
+                run_id=ti.run_id,
+                map_index=-1,
+                session=session,
+            )
+
+    def _admission_record(
+        self, item: Granted, config: Config | None, statuses: dict[Any, Any]
+    ) -> dict[str, Any]:
+        job = config.jobs[item.admission.job] if config else None
+        previous = statuses.get((item.admission.job, item.admission.node))
+        return {
+            "job": item.admission.job,
+            "node": item.admission.node,
+            "path": list(item.admission.path),
+            "resources_by_node": {
+                name: dict(amounts) for (_level, name), amounts in item.admission.holdings.items()
+            },
+            "config": job.config if job else {},
+            "command": list(job.command) if job else [],
+            "backoff": {
+                "delays": list(job.backoff.delays) if job else [],
+                "repeat": job.backoff.repeat if job else False,
+            },
+            "prev_status": _status_json(previous),
+            "worker_node": self.worker_name,
+            "worker_host": socket.gethostname(),
+            "granted_at": time.time(),
+        }
+
+    def rollback(self, granted: list[Granted]) -> None:
+        """Give back resources of grants whose commit failed; the tasks keep waiting."""
+        for item in granted:
+            self.ledger.release(item.task.ti_id)
+
+    def rebuild(self, session: Session) -> list[str]:
+        """Load grants of tasks still queued or running; return ids of stale grants."""
+        from airflow.models.taskinstance import TaskInstance
+
+        records = repository.load_grants(session)
+        if not records:
+            return []
+        states = dict(
+            session.execute(
+                select(TaskInstance.id, TaskInstance.state).where(
+                    TaskInstance.id.in_([record.ti_id for record in records])
+                )
+            ).all()
+        )
+        stale = []
+        for record in records:
+            state = states.get(record.ti_id)
+            if state in ("queued", "running"):
+                self.ledger.force_acquire(record.ti_id, record.holdings)
+            else:
+                stale.append(record.ti_id)
+        log.info(
+            "Rebuilt the Bistro ledger: %d grants of live tasks, %d stale grants removed",
+            len(records) - len(stale),
+            len(stale),
+        )
+        return stale
+
+    def waiting_reasons(self) -> dict[tuple[str, str], str]:
+        return {(task.job, task.node): task.reason for task in self.waiting.values()}
+
+
+def _job_problem(name: str, job: Job | None) -> str:
+    if job is None:
+        return f"job {name!r} is not in the current config"
+    if job.errors:
+        return f"job {name!r} has config errors: {job.errors[0]}"
+    return f"job {name!r} is disabled"
+
+
+def _dependencies_done(
+    job: Job, node: str, statuses: dict[tuple[str, str], Any], config: Config
+) -> bool:
+    for dependency in job.depends_on:
+        if dependency not in config.jobs:
+            return False
+        status = statuses.get((dependency, node))
+        if status is None or status.kind != "done":
+            return False
+    return True
+
+
+def _replicas(
+    forest: Forest | None, level: int, task: WaitingTask, levels: tuple[str, ...]
+) -> tuple[Node, ...]:
+    """Return the usable paths of the task's node: its replicas in the current forest, or
+    the path recorded in the run's snapshot when the node is not in the forest."""
+    if forest is not None:
+        replicas = forest.replicas(level, task.node)
+        if replicas:
+            return tuple(node for node in replicas if node.usable())
+    names = task.recorded_path or (task.node,)
+    parent: Node | None = None
+    start = level - len(names) + 1
+    for offset, name in enumerate(names):
+        parent = Node(name, max(start + offset, 0), parent)
+    return (parent,) if parent is not None else ()
+
+
+def _node_capacities(
+    forest: Forest | None, config: Config, key: NodeKey
+) -> dict[NodeKey, dict[str, int]] | None:
+    if forest is None:
+        return None
+    level_name, name = key
+    try:
+        level = forest.level_index(level_name)
+    except KeyError:
+        return None
+    for node in forest.replicas(level, name):
+        if node.capacity:
+            return {key: dict(node.capacity)}
+    return None
+
+
+def _status_json(status: Any) -> dict[str, Any] | None:
+    if status is None:
+        return None
+    return {
+        "kind": status.kind,
+        "time": status.time,
+        "backoff": status.backoff,
+        "data": status.data or {},
+    }
+
+
+def _read_snapshot(
+    session: Session, dag_id: str, run_id: str, task_id: str
+) -> tuple[list[str] | None, dict[str, list[str]]]:
+    """Read the node names and paths that the run's snapshot task recorded."""
+    from airflow.models.xcom import XComModel
+
+    rows = session.execute(
+        select(XComModel.key, XComModel.value).where(
+            XComModel.dag_id == dag_id,
+            XComModel.run_id == run_id,
+            XComModel.task_id == task_id,
+            XComModel.map_index == -1,
+            XComModel.key.in_(["return_value", PATHS_KEY]),
+        )
+    ).all()
+    values = {key: _decode_xcom(value) for key, value in rows}
+    names = values.get("return_value")
+    paths = values.get(PATHS_KEY) or {}
+    if not isinstance(names, list):
+        return None, {}
+    return [str(name) for name in names], paths if isinstance(paths, dict) else {}
+
+
+def _decode_xcom(value: Any) -> Any:
+    from airflow.models.xcom import XComModel
+
+    decoded = XComModel.deserialize_value(_Row(value))
+    if isinstance(decoded, str):
+        try:
+            return json.loads(decoded)
+        except ValueError:
+            return decoded
+    return decoded
+
+
+@dataclass
+class _Row:
+    """The shape `XComModel.deserialize_value` reads: an object with a `value` attribute."""
+
+    value: Any

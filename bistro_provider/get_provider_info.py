@@ -1,0 +1,115 @@
+"""Provider metadata that Airflow reads through the `apache_airflow_provider` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bistro_provider import __version__
+
+
+def _option(description: str, type_: str, default: str | None, example: str | None) -> dict[str, Any]:
+    return {
+        "description": description,
+        "version_added": "0.1.0",
+        "type": type_,
+        "default": default,
+        "example": example,
+    }
+
+
+CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
+    "config_file": _option(
+        "Path of the Bistro config (JSON, or YAML with the same keys). The DAG file in dags/ "
+        "builds one DAG per job from it, and BistroExecutor admits tasks against it.",
+        "string",
+        "",
+        "/etc/bistro/bistro.json",
+    ),
+    "config_update_interval": _option(
+        "Seconds between checks of the config file's modification time; a changed file is "
+        "re-read, and a broken one keeps the last good config in use.",
+        "float",
+        "10",
+        "30",
+    ),
+    "nodes_update_interval": _option(
+        "Seconds between node fetches in the executor (all node sources, in order).",
+        "float",
+        "60",
+        "300",
+    ),
+    "nodes_retry_interval": _option(
+        "Seconds before the next node fetch after a failed one.", "float", "15", "30"
+    ),
+    "script_timeout": _option(
+        "Seconds a node-source script may run for one parent node before it is killed.",
+        "float",
+        "60",
+        "120",
+    ),
+    "worker_processes": _option(
+        "Worker processes of BistroExecutor: the number of tasks that run at once on this "
+        "machine. Independent of [core] parallelism, which only bounds dispatched tasks.",
+        "integer",
+        "8",
+        "16",
+    ),
+    "max_waiting_tasks": _option(
+        "Task instances that may wait in BistroExecutor for resources at once. Waiting tasks "
+        "are QUEUED in Airflow but do not count against [core] parallelism.",
+        "integer",
+        "10000",
+        "50000",
+    ),
+    "pool": _option(
+        "Pool of Bistro job tasks. BistroExecutor creates it with unlimited slots on start, "
+        "because waiting tasks are QUEUED and would otherwise fill default_pool.",
+        "string",
+        "bistro_pool",
+        "bistro_pool",
+    ),
+    "dag_id_prefix": _option(
+        "Prefix of the DAG id built for each Bistro job.", "string", "bistro_", "nightly_"
+    ),
+    "max_active_tasks_per_job": _option(
+        "max_active_tasks of each job DAG. Leave it above the largest task level so that the "
+        "scheduler hands every task to the executor, which does the real admission.",
+        "integer",
+        "100000",
+        "200000",
+    ),
+    "task_executor": _option(
+        "Executor name set on job tasks (executor=...) when BistroExecutor is not the default "
+        "executor, for example BistroExecutor. Empty uses the default executor.",
+        "string",
+        "",
+        "BistroExecutor",
+    ),
+    "grant_check_interval": _option(
+        "Seconds between checks that release grants of tasks admitted by an earlier scheduler "
+        "process and no longer running, and reload live capacity overrides.",
+        "float",
+        "30",
+        "10",
+    ),
+}
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-bistro",
+        "name": "Bistro",
+        "description": "Bistro resource-forest scheduling for Apache Airflow: per-node resource "
+        "limits along the whole path of every task, Bistro's scheduling policies and node sources.",
+        "versions": [__version__],
+        "executors": ["bistro_provider.executors.bistro_executor.BistroExecutor"],
+        "cli": ["bistro_provider.cli.definition.get_bistro_cli_commands"],
+        "db-managers": ["bistro_provider.store.db_manager.BistroDBManager"],
+        "triggers": [],
+        "config": {
+            "bistro": {
+                "description": "Bistro resource-forest scheduling.",
+                "options": CONFIG_OPTIONS,
+            }
+        },
+    }

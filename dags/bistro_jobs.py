@@ -1,0 +1,11 @@
+"""One Airflow DAG per job of the Bistro config named by `[bistro] config_file`.
+
+A Bistro config runs unchanged: each ``bistro_job->NAME`` becomes the DAG
+``bistro_NAME`` (the prefix is `[bistro] dag_id_prefix`).
+"""
+
+from __future__ import annotations
+
+from bistro_provider.dag_factory import dags_from_config
+
+globals().update(dags_from_config())

@@ -92,12 +92,19 @@ def _order_by(connection: sqlite3.Connection, table: str) -> str:
     return ", ".join(_quote(name) for _, name in key)
 
 
+def _encode_blob(value: object) -> dict[str, str]:
+    if isinstance(value, bytes):
+        return {"blob": value.hex()}
+    raise TypeError(f"unexpected SQLite value type {type(value).__name__}")
+
+
 def _hash_table(connection: sqlite3.Connection, table: str, digest: Any) -> int:
     digest.update(f"table {table}\n".encode())
     query = f"SELECT * FROM {_quote(table)} ORDER BY {_order_by(connection, table)}"
     count = 0
     for row in connection.execute(query):
-        digest.update(json.dumps(list(row), ensure_ascii=False).encode() + b"\n")
+        line = json.dumps(list(row), ensure_ascii=False, default=_encode_blob)
+        digest.update(line.encode() + b"\n")
         count += 1
     return count
 
@@ -121,8 +128,8 @@ def maintain(path: Path) -> Maintenance:
     """
     if not path.is_file():
         raise FileNotFoundError(f"database {path} not found: rebuild the fleet with demo/fleet.py")
-    # mode=rw opens an existing file only; a typo must not create an empty database.
-    connection = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+    # mode=rw opens an existing file only, because a typo must not create an empty database.
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True)
     try:
         integrity = _check_integrity(connection)
         if integrity != ["ok"]:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import yaml
 
@@ -117,6 +117,17 @@ _JOB_HINTS = {
 }
 
 Parser = Callable[[Any, str], Any]
+NodeOrder = Literal["random", "lexicographic", "original"]
+# The first matching entry names a value's type in messages, so bool comes before int.
+_JSON_TYPE_NAMES: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a number"),
+    (str, "a string"),
+    (list, "a list"),
+    (dict, "an object"),
+    (type(None), "null"),
+)
 
 
 def _show(value: Any) -> str:
@@ -131,9 +142,8 @@ def _show(value: Any) -> str:
 def _describe(value: Any) -> str:
     if value is _MISSING:
         return "nothing"
-    kinds = ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"))
-    kinds += ((list, "a list"), (dict, "an object"), (type(None), "null"))
-    kind = next((name for cls, name in kinds if isinstance(value, cls)), type(value).__name__)
+    names = _JSON_TYPE_NAMES
+    kind = next((name for cls, name in names if isinstance(value, cls)), type(value).__name__)
     return f"{_show(value)} ({kind})"
 
 
@@ -166,12 +176,16 @@ class _Checker:
         self.warnings.append(ConfigIssue(path, message))
 
     def warn_unknown(
-        self, obj: dict[Any, Any], path: str, known: Iterable[str], hints: Mapping[str, str] = {}
+        self,
+        obj: dict[Any, Any],
+        path: str,
+        known: Iterable[str],
+        hints: Mapping[str, str] | None = None,
     ) -> None:
         known = frozenset(known)
         for key in obj:
             if key not in known:
-                hint = hints.get(key) or f"known keys: {', '.join(sorted(known))}"
+                hint = (hints or {}).get(key) or f"known keys: {', '.join(sorted(known))}"
                 self.warn(_join(path, key), f"unknown key, ignored; {hint}")
 
     def optional(
@@ -185,7 +199,7 @@ class _Checker:
     def fields(
         self, obj: dict[str, Any], path: str, parsers: Mapping[str, Parser]
     ) -> dict[str, Any]:
-        """Return the valid values of the keys in `parsers`; absent keys are left out."""
+        """Return the valid values of the keys in `parsers`, leaving out absent keys."""
         parsed = {}
         for key, parse in parsers.items():
             if key in obj:
@@ -216,8 +230,11 @@ class _Checker:
     ) -> float | None:
         if not self._expect(value, (int, float), what, path):
             return None
-        if not math.isfinite(value) or (minimum is not None and value < minimum):
-            self.error(path, f"must be a finite number >= {minimum or 0}, got {value}")
+        if not math.isfinite(value):
+            self.error(path, f"must be a finite number, got {value}")
+            return None
+        if minimum is not None and value < minimum:
+            self.error(path, f"must be at least {minimum}, got {value}")
             return None
         return float(value)
 
@@ -248,11 +265,10 @@ class _Checker:
         items = [self.string(item, _item(path, index)) for index, item in enumerate(value)]
         return None if None in items else [item for item in items if item is not None]
 
-    def level(
-        self, value: Any, path: str, levels: tuple[str, ...], allow_worker: bool = False
-    ) -> str | None:
+    def level(self, value: Any, path: str, levels: tuple[str, ...]) -> str | None:
+        """Check a level for tasks or host placement, which must have nodes: not worker."""
         name = self.string(value, path)
-        allowed = levels if allow_worker else levels[:-1]
+        allowed = levels[:-1]
         if name is None or name in allowed:
             return name
         if name == WORKER_LEVEL:
@@ -278,8 +294,10 @@ class _Checker:
         if number is not None and number > 1.0:
             self.error(path, f"must be at most 1.0 (all nodes), got {number}")
             return None
+        if number is None:
+            return None
         # Bistro treats a fraction <= 0 as "all nodes".
-        return None if number is None else (number if number > 0 else 1.0)
+        return number if number > 0 else 1.0
 
     def backoff(self, value: Any, path: str) -> Backoff | None:
         try:
@@ -378,8 +396,8 @@ def _decode_text(text: str, origin: str, fmt: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         json_error = f"line {exc.lineno} column {exc.colno}: {exc.msg}"
-    # Text that opens like a JSON object or list was meant as JSON, so its JSON error is the
-    # useful one; YAML would accept or reject broken JSON in confusing ways.
+    # Text that opens like a JSON object or list was meant as JSON, so the JSON error is the
+    # useful one. YAML would accept or reject broken JSON in confusing ways.
     if fmt == "json" or text.lstrip().startswith(("{", "[")):
         label = "not valid JSON" if fmt == "json" else "not valid JSON or YAML"
         raise ConfigError([ConfigIssue(origin, f"{label}: {json_error}")])
@@ -481,7 +499,7 @@ def _parse_settings_options(
 
 def _parse_nodes(
     settings: dict[str, Any], check: _Checker
-) -> tuple[tuple[str, ...], tuple[NodeSourceSpec, ...], str]:
+) -> tuple[tuple[str, ...], tuple[NodeSourceSpec, ...], NodeOrder]:
     path = _join(SETTINGS_KEY, "nodes")
     if "nodes" not in settings:
         check.error(path, 'missing; add "nodes": {"levels": [...], "node_sources": [...]}')
@@ -495,7 +513,7 @@ def _parse_nodes(
     order = check.optional(
         nodes, path, "node_order", partial(check.choice, choices=NODE_ORDERS), "random"
     )
-    return levels, sources, order
+    return levels, sources, cast(NodeOrder, order)
 
 
 def _parse_levels(nodes: dict[str, Any], path: str, check: _Checker) -> tuple[str, ...]:
@@ -544,6 +562,8 @@ def _parse_node_sources(
             )
         elif "source" in parsed:
             sources.append(NodeSourceSpec(parsed["source"], parsed.get("prefs", {}), index))
+    if not items:
+        check.warn(path, "no node sources, so the instance node is the only node")
     return tuple(sources)
 
 
@@ -558,6 +578,8 @@ def _parse_resources(
     owners: dict[str, str] = {}
     for level, specs in (check.obj(settings["resources"], path) or {}).items():
         level_path = _join(path, level)
+        if level not in result and len(levels) == 2:
+            continue  # No configured level is valid; an error about the levels is recorded.
         if level not in result:
             check.error(
                 level_path, f"unknown level {_show(level)}; defined levels: {', '.join(levels)}"
@@ -587,7 +609,7 @@ def _parse_resource(
     obj = check.obj(spec, path)
     if obj is None:
         return None
-    parsers = {"limit": check.int_, "default": check.int_, "weight": check.int_}
+    parsers: dict[str, Parser] = {"limit": check.int_, "default": check.int_, "weight": check.int_}
     check.warn_unknown(obj, path, parsers)
     parsed = check.fields(obj, path, parsers)
     for key in ("limit", "default"):
@@ -669,7 +691,7 @@ def _parse_physical_entry(
     obj = check.obj(entry, path)
     if obj is None:
         return None
-    parsers = {
+    parsers: dict[str, Parser] = {
         "logical_resource": check.string,
         "multiply_logical_by": check.number,
         "physical_reserve_amount": check.number,
@@ -733,7 +755,7 @@ def _check_defaults_fit(
 def _parse_kill_orphans(
     obj: dict[str, Any], path: str, default: float | None, check: _Checker
 ) -> float | None:
-    """Parse kill_orphan_tasks_after_sec: true is 0 s; false or a negative number is never."""
+    """Parse kill_orphan_tasks_after_sec: true means 0 s, false or a negative number never."""
     key = "kill_orphan_tasks_after_sec"
     if key not in obj:
         return default
@@ -749,12 +771,12 @@ def _parse_kill_orphans(
 def _parse_kill_subprocess(
     obj: dict[str, Any], path: str, base: Mapping[str, Any], check: _Checker
 ) -> dict[str, Any]:
-    """Parse kill_subprocess; keys it leaves out keep their values from `base`."""
+    """Parse kill_subprocess over `base`, which supplies the keys it leaves out."""
     path = _join(path, "kill_subprocess")
     value = check.obj(obj["kill_subprocess"], path) if "kill_subprocess" in obj else None
     if value is None:
         return dict(base)
-    parsers = {
+    parsers: dict[str, Parser] = {
         "method": partial(check.choice, choices=KILL_METHODS),
         "kill_wait_ms": check.int_,
     }
@@ -1009,7 +1031,8 @@ def effective_resources(settings: Settings, job: Job) -> dict[str, int]:
 def config_to_json(config: Config) -> dict[str, Any]:
     """Return the effective config as Bistro JSON, with every default written out.
 
-    Parsing the result gives the same settings and the same effective job values.
+    Parsing the result gives the same settings, and the same effective values for every job
+    without errors. A job with errors exports them under ``errors``, which makes it invalid.
     """
     result: dict[str, Any] = {SETTINGS_KEY: _settings_to_json(config.settings)}
     for name, job in config.jobs.items():

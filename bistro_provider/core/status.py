@@ -3,7 +3,7 @@
 A task (one job on one node) has no status until it first runs. A task reports its result
 as the last line it writes to its status pipe: a label such as ``done`` or a JSON object.
 `apply_result` then turns that result into the stored status, counting retries along the
-job's backoff list, and `is_eligible` says whether the scheduler may start the task again.
+job's backoff list, and `is_eligible` returns whether the scheduler may start the task again.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ OVERWRITEABLE = 1024
 HAS_SAVED_BACKOFF = 2048
 ALL_BITS = 4095
 CURRENT_BITS = RUNNING | DONE | INCOMPLETE | FAILED | ERROR
-# Bits that only the scheduler or its monitor sets; a task must not report them.
+# Bits that only the scheduler or its monitor sets, so a task must not report them.
 SCHEDULER_ONLY_BITS = UNSTARTED | AVOIDED | DISABLED | HAS_SAVED_BACKOFF
 
 KIND_BITS: dict[str, int] = {
@@ -46,10 +46,10 @@ KIND_BITS: dict[str, int] = {
 KINDS = tuple(KIND_BITS)
 KIND_ALIASES = {"backoff": "error_backoff"}
 BACKOFF_KINDS = ("incomplete_backoff", "error_backoff")
-# Kinds a task may report as its result; "running" is set by the scheduler only.
+# Kinds a task may report as its result. Only the scheduler sets "running".
 RESULT_KINDS = ("done", "incomplete", "incomplete_backoff", "error_backoff", "failed")
 MAX_STATUS_LINE_BYTES = 64 * 1024
-# Wait used by incomplete_backoff when the backoff list has no delay at all (["fail"]);
+# Wait used by incomplete_backoff when the backoff list has no delay at all (["fail"]).
 # Bistro uses the same 60 s when its list has no next delay.
 NO_DELAY_FALLBACK_SEC = 60
 _SAVED_BACKOFF_KEY = "__bistro_saved_backoff"
@@ -129,11 +129,11 @@ class TaskStatus:
 
 
 class _InvalidStatus(ValueError):
-    """Why a status line is invalid; `parse_status_line` adds the line to the message."""
+    """Reason that a status line is invalid, without the line, which `parse_status_line` adds."""
 
 
 def parse_status_line(text: str | bytes) -> tuple[str, dict[str, Any] | None]:
-    """Parse what a task wrote to its status pipe; the last non-empty line counts.
+    """Parse what a task wrote to its status pipe, where the last non-empty line counts.
 
     The line is a bare label (``done``, ``incomplete``, ``incomplete_backoff``,
     ``error_backoff`` or its alias ``backoff``, ``failed``) or a JSON object with either
@@ -158,7 +158,7 @@ def _to_bytes(text: str | bytes) -> bytes:
     if isinstance(text, bytes):
         return text
     try:
-        # surrogateescape gives back the bytes of text decoded with that handler.
+        # surrogateescape restores the original bytes of text that was decoded with it.
         return text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         preview = text[:_PREVIEW_CHARS]
@@ -207,8 +207,8 @@ def _kind_from_label(label: Any) -> str:
 def _kind_from_bits(bits: Any) -> str:
     """Map a Bistro bit set to a kind.
 
-    ERROR without USES_BACKOFF also becomes error_backoff: a task that reports an error
-    always uses up a retry, so that it cannot retry forever without waiting.
+    ERROR without USES_BACKOFF also becomes error_backoff. Bistro would retry such a task
+    at once without using up a retry, and here every reported error waits and counts.
     """
     if isinstance(bits, bool) or not isinstance(bits, int):
         raise _InvalidStatus(f"result_bits must be an integer, got {bits!r}")
@@ -221,7 +221,9 @@ def _kind_from_bits(bits: Any) -> str:
     if current == RUNNING:
         raise _InvalidStatus("a task cannot report RUNNING (2) as its result")
     if current not in (DONE, INCOMPLETE, FAILED, ERROR):
-        message = f"result_bits {bits} needs exactly one of DONE 4, INCOMPLETE 8, FAILED 16, ERROR 32"
+        message = (
+            f"result_bits {bits} needs exactly one of DONE 4, INCOMPLETE 8, FAILED 16, ERROR 32"
+        )
         raise _InvalidStatus(message)
     if current == INCOMPLETE:
         return "incomplete_backoff" if bits & USES_BACKOFF else "incomplete"
@@ -233,7 +235,7 @@ def _reported_data(data: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(data, dict):
         raise _InvalidStatus(f'"data" must be a JSON object, got {type(data).__name__}')
-    # The scheduler's own bookkeeping key; a task must not set it.
+    # The scheduler's own bookkeeping key, which a task must not set.
     kept = {key: value for key, value in data.items() if key != _SAVED_BACKOFF_KEY}
     return kept or None
 
@@ -279,7 +281,7 @@ def in_backoff_until(status: TaskStatus | None) -> float | None:
 def is_eligible(status: TaskStatus | None, now: float) -> bool:
     """Return True when the scheduler may start the task at `now`.
 
-    A task is in backoff while ``time + backoff > now``; at exactly the end it may start.
+    A task is in backoff while ``time + backoff > now``, so at exactly the end it may start.
     """
     if status is None:
         return True

@@ -262,6 +262,7 @@ class AdmissionController:
                 task_id=item.task.snapshot_task,
                 run_id=ti.run_id,
                 map_index=-1,
+                serialize=False,
                 session=session,
             )
 
@@ -296,18 +297,11 @@ class AdmissionController:
 
     def rebuild(self, session: Session) -> list[str]:
         """Load grants of tasks still queued or running; return ids of stale grants."""
-        from airflow.models.taskinstance import TaskInstance
 
         records = repository.load_grants(session)
         if not records:
             return []
-        states = dict(
-            session.execute(
-                select(TaskInstance.id, TaskInstance.state).where(
-                    TaskInstance.id.in_([record.ti_id for record in records])
-                )
-            ).all()
-        )
+        states = repository.ti_states(session, [record.ti_id for record in records])
         stale = []
         for record in records:
             state = states.get(record.ti_id)
@@ -430,3 +424,4 @@ class _Row:
     """The shape `XComModel.deserialize_value` reads: an object with a `value` attribute."""
 
     value: Any
+

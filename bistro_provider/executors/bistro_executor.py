@@ -184,18 +184,12 @@ class BistroExecutor(LocalExecutor):
     def _release_foreign_grants(self, session: Any) -> None:
         """Release grants held by tasks that another scheduler process admitted and that are
         no longer queued or running (they survived a restart of the scheduler)."""
-        from airflow.models.taskinstance import TaskInstance
-        from sqlalchemy import select
 
         ours = set(self._dispatched.values())
         foreign = [h for h in self.admission.ledger.holders() if h not in ours]
         if not foreign:
             return
-        states = dict(
-            session.execute(
-                select(TaskInstance.id, TaskInstance.state).where(TaskInstance.id.in_(foreign))
-            ).all()
-        )
+        states = repository.ti_states(session, foreign)
         gone = [h for h in foreign if states.get(h) not in RUNNING_STATES]
         for holder in gone:
             self.admission.ledger.release(holder)
@@ -236,3 +230,4 @@ def _ensure_pool(name: str, session: Any) -> None:
         )
         session.commit()
         log.info("Created pool %s with unlimited slots for Bistro job tasks", name)
+

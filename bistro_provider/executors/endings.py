@@ -44,13 +44,10 @@ def record_endings(admission: AdmissionController, ended: list[tuple[Any, Any, s
 
 
 def _record(session: Any, ti_ids: list[str]) -> None:
-    from airflow.models.taskinstance import TaskInstance
     from airflow.models.xcom import XComModel
 
     grants = {row.ti_id: row for row in session.scalars(select(Grant).where(Grant.ti_id.in_(ti_ids)))}
-    states = dict(
-        session.execute(select(TaskInstance.id, TaskInstance.state).where(TaskInstance.id.in_(ti_ids))).all()
-    )
+    states = repository.ti_states(session, ti_ids)
     for ti_id, grant in grants.items():
         raw = session.scalar(
             select(XComModel.value).where(
@@ -89,3 +86,4 @@ def _status_from(raw: Any, ti_state: Any) -> repository.StoredStatus:
         time=time.time(),
         data={"exception": f"task ended without a Bistro status (Airflow state {state or 'none'})"},
     )
+

@@ -9,6 +9,7 @@ snapshot task's XCom key ``bistro_admission.<map_index>``, which the task then r
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
@@ -151,6 +152,8 @@ class BistroTaskOperator(BaseOperator):
         admission = ti.xcom_pull(
             task_ids=self.snapshot_task_id, key=admission_key(ti.map_index), map_indexes=-1
         )
+        if isinstance(admission, str):
+            admission = json.loads(admission)
         if not admission:
             self.log.warning(
                 "Task %s of job %s was not admitted by BistroExecutor; running without "
@@ -206,8 +209,6 @@ class BistroTaskOperator(BaseOperator):
         if returned is None:
             return "done", None
         if isinstance(returned, dict):
-            import json
-
             return self._parse(json.dumps(returned))
         return self._parse(str(returned))
 

@@ -7,6 +7,7 @@ once: a scheduler killed mid-pass leaves either every grant of the pass or none.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -150,3 +151,19 @@ def load_capacity_overrides(session: Session) -> dict[tuple[str, str], dict[str,
     for row in session.scalars(select(CapacityOverride)):
         overrides.setdefault((row.level, row.node), {})[row.resource] = row.amount
     return overrides
+
+
+def ti_uuids(ti_ids: Iterable[str]) -> list[uuid.UUID]:
+    """Convert stored task instance ids to the UUIDs that Airflow's `id` column expects."""
+    return [uuid.UUID(str(ti_id)) for ti_id in ti_ids]
+
+
+def ti_states(session: Session, ti_ids: Iterable[str]) -> dict[str, Any]:
+    """Return the current Airflow state of each task instance id that still exists."""
+    from airflow.models.taskinstance import TaskInstance
+
+    ids = ti_uuids(ti_ids)
+    if not ids:
+        return {}
+    rows = session.execute(select(TaskInstance.id, TaskInstance.state).where(TaskInstance.id.in_(ids)))
+    return {str(ti_id): state for ti_id, state in rows}

@@ -305,6 +305,21 @@ def test_checksum_follows_data(tmp_path: Path) -> None:
     assert maintain(path).checksum != before
 
 
+def test_maintain_hashes_blobs_without_key(tmp_path: Path) -> None:
+    path = tmp_path / "odd #dir%" / "blobs.sqlite"
+    path.parent.mkdir()
+    connection = sqlite3.connect(path)
+    with connection:
+        connection.execute("CREATE TABLE blobs (data BLOB)")
+        connection.executemany("INSERT INTO blobs VALUES (?)", [(b"\x00\x01",), (b"\xff",)])
+    before = maintain(path)
+    with connection:
+        connection.execute("UPDATE blobs SET data = x'fe' WHERE data = x'ff'")
+    connection.close()
+    assert before.tables == {"blobs": 2}
+    assert maintain(path).checksum != before.checksum
+
+
 # -- timeline ---------------------------------------------------------------------------------
 
 

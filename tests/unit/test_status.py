@@ -43,15 +43,15 @@ def test_backoff_alias_means_error_backoff() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "backoff"),
+    ("kind", "backoff", "match"),
     [
-        pytest.param("unsure", 0, id="unknown-kind"),
-        pytest.param("done", -1, id="negative-backoff"),
-        pytest.param("done", 1.5, id="fractional-backoff"),
+        pytest.param("unsure", 0, "unknown task status kind", id="unknown-kind"),
+        pytest.param("done", -1, "backoff must be", id="negative-backoff"),
+        pytest.param("done", 1.5, "backoff must be", id="fractional-backoff"),
     ],
 )
-def test_task_status_rejects_invalid_fields(kind: str, backoff: int) -> None:
-    with pytest.raises(ValueError):
+def test_task_status_rejects_invalid_fields(kind: str, backoff: int, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
         TaskStatus(kind, 0.0, backoff)
 
 
@@ -252,7 +252,12 @@ def test_status_error_shows_raw_text_shortened() -> None:
         pytest.param(
             REPEAT_LIST,
             ["error_backoff"] * 4,
-            [("error_backoff", 1), ("error_backoff", 2), ("error_backoff", 2), ("error_backoff", 2)],
+            [
+                ("error_backoff", 1),
+                ("error_backoff", 2),
+                ("error_backoff", 2),
+                ("error_backoff", 2),
+            ],
             id="repeat-list-keeps-last-delay",
         ),
         pytest.param(
@@ -415,16 +420,21 @@ def test_status_from_json_accepts_bits_only() -> None:
 
 
 @pytest.mark.parametrize(
-    "value",
+    ("value", "match"),
     [
-        pytest.param([], id="not-object"),
-        pytest.param({"result": "done"}, id="no-time"),
-        pytest.param({"result": "done", "time": "now"}, id="time-string"),
-        pytest.param({"result": "maybe", "time": 1}, id="unknown-kind"),
-        pytest.param({"result": "done", "time": 1, "data": [1]}, id="data-list"),
-        pytest.param({"result": "done", "time": 1, "backoff_duration": -1}, id="negative-backoff"),
+        pytest.param([], "must be a JSON object", id="not-object"),
+        pytest.param({"result": "done"}, "numeric time", id="no-time"),
+        pytest.param({"result": "done", "time": "now"}, "numeric time", id="time-string"),
+        pytest.param({"result": "maybe", "time": 1}, "unknown task status kind", id="unknown-kind"),
+        pytest.param({"time": 1}, "result_bits must be", id="no-result"),
+        pytest.param({"result": "done", "time": 1, "data": [1]}, "object data", id="data-list"),
+        pytest.param(
+            {"result": "done", "time": 1, "backoff_duration": -1},
+            "backoff must be",
+            id="negative-backoff",
+        ),
     ],
 )
-def test_status_from_json_rejects_invalid(value: object) -> None:
-    with pytest.raises(ValueError):
+def test_status_from_json_rejects_invalid(value: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
         TaskStatus.from_json(value)

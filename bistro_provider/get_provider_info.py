@@ -92,6 +92,21 @@ CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
         "30",
         "10",
     ),
+    "state_sync_interval": _option(
+        "Seconds between reloads of live capacity overrides and publications of the "
+        "executor's view (forest, waiting tasks, errors) for the API, CLI and UI.",
+        "float",
+        "2",
+        "5",
+    ),
+    "full_pass_interval": _option(
+        "An admission pass runs whenever tasks arrive, tasks end, or the config, nodes or "
+        "capacity change; otherwise at least this often, in seconds (for dependencies and "
+        "backoffs that expire).",
+        "float",
+        "5",
+        "10",
+    ),
 }
 
 

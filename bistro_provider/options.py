@@ -27,6 +27,8 @@ class BistroOptions:
     max_active_tasks_per_job: int = 100000
     task_executor: str = ""
     grant_check_interval: float = 30.0
+    state_sync_interval: float = 2.0
+    full_pass_interval: float = 5.0
 
     @classmethod
     def from_airflow(cls) -> BistroOptions:
@@ -57,4 +59,6 @@ class BistroOptions:
             ),
             task_executor=get_str("task_executor", cls.task_executor),
             grant_check_interval=get_float("grant_check_interval", cls.grant_check_interval),
+            state_sync_interval=get_float("state_sync_interval", cls.state_sync_interval),
+            full_pass_interval=get_float("full_pass_interval", cls.full_pass_interval),
         )

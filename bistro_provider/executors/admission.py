@@ -89,6 +89,10 @@ class AdmissionController:
         self.overrides: dict[NodeKey, dict[str, int]] = {}
         self.ledger = Ledger(self._capacity_of)
         self.waiting: dict[Any, WaitingTask] = {}
+        self.full_pass_interval = 5.0
+        self._dirty = True
+        self._last_pass = 0.0
+        self._seen: tuple[Any, Any] = (None, None)
         self._names: dict[tuple[str, str, str], list[str]] = {}
         self._paths: dict[tuple[str, str, str], dict[str, list[str]]] = {}
 
@@ -122,7 +126,21 @@ class AdmissionController:
             task = self._resolve_one(workload, marker, session)
             if task is not None:
                 self.waiting[key] = task
+                self._dirty = True
         return plain
+
+    def mark_dirty(self) -> None:
+        """Ask for a pass at the next opportunity: capacity was freed or changed."""
+        self._dirty = True
+
+    def pass_due(self, now: float) -> bool:
+        """Return True if something changed since the last pass, or it is time for one."""
+        live = self.live
+        seen = (live.config, live.forest) if live else (None, None)
+        if seen[0] is not self._seen[0] or seen[1] is not self._seen[1]:
+            self._seen = seen
+            self._dirty = True
+        return self._dirty or now - self._last_pass >= self.full_pass_interval
 
     def _resolve_one(
         self, workload: Any, marker: dict[str, Any], session: Session
@@ -165,6 +183,8 @@ class AdmissionController:
             for task in self.waiting.values():
                 task.reason = "scheduling is disabled (bistro_settings.enabled is false)"
             return []
+        self._dirty = False
+        self._last_pass = time.time()
         forest = self.live.forest if self.live else None
         entries, by_task = self._build_candidates(config, forest, statuses)
         granted: list[Granted] = []

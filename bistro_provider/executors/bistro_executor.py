@@ -28,6 +28,7 @@ from airflow.utils.state import TaskInstanceState
 from bistro_provider.core.live import LiveForest, RefreshIntervals
 from bistro_provider.executors.admission import AdmissionController, Granted
 from bistro_provider.executors.endings import record_endings
+from bistro_provider.executors.publisher import StatePublisher
 from bistro_provider.options import BistroOptions
 from bistro_provider.store import repository
 
@@ -58,10 +59,13 @@ class BistroExecutor(LocalExecutor):
                 ),
             )
         self.admission = AdmissionController(live)
+        self.admission.full_pass_interval = self.options.full_pass_interval
         self._dispatched: dict[Any, str] = {}
         """Workloads handed to worker processes: key to task instance id ('' for others)."""
         self._ended: list[tuple[Any, Any, str | None]] = []
         self._next_reconcile = 0.0
+        self._next_sync = 0.0
+        self.publisher = StatePublisher(self.admission)
 
     # -- capacity reported to the scheduler -----------------------------------------------
 
@@ -120,6 +124,8 @@ class BistroExecutor(LocalExecutor):
     def _admit(self, free: int, session: Any) -> list[Granted]:
         if free <= 0 or not self.admission.waiting:
             return []
+        if not self.admission.pass_due(time.time()):
+            return []
         jobs = {task.job for task in self.admission.waiting.values()}
         statuses = repository.load_statuses(session, jobs | _dependency_jobs(self.admission, jobs))
         granted = self.admission.run_pass(free, statuses)
@@ -164,6 +170,7 @@ class BistroExecutor(LocalExecutor):
     def change_state(self, key: Any, state: Any, info: Any = None, remove_running: bool = True):
         if state not in (TaskInstanceState.RUNNING, TaskInstanceState.QUEUED):
             self._ended.append((key, state, self._dispatched.pop(key, None)))
+            self.admission.mark_dirty()
         super().change_state(key, state, info, remove_running=remove_running)
 
     def sync(self) -> None:
@@ -172,14 +179,21 @@ class BistroExecutor(LocalExecutor):
             ended, self._ended = self._ended, []
             record_endings(self.admission, ended)
         now = time.time()
+        if now >= self._next_sync:
+            self._next_sync = now + self.options.state_sync_interval
+            with create_session() as session:
+                self._refresh_overrides(session)
+                self.publisher.publish(session)
         if now >= self._next_reconcile:
             self._next_reconcile = now + self.options.grant_check_interval
             with create_session() as session:
-                self._refresh_overrides(session)
                 self._release_foreign_grants(session)
 
     def _refresh_overrides(self, session: Any) -> None:
-        self.admission.overrides = repository.load_capacity_overrides(session)
+        overrides = repository.load_capacity_overrides(session)
+        if overrides != self.admission.overrides:
+            self.admission.overrides = overrides
+            self.admission.mark_dirty()
 
     def _release_foreign_grants(self, session: Any) -> None:
         """Release grants held by tasks that another scheduler process admitted and that are

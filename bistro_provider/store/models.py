@@ -82,3 +82,20 @@ class AuditEntry(Base):
     target: Mapped[str] = mapped_column(Text)
     old_value: Mapped[str] = mapped_column(Text, default="")
     new_value: Mapped[str] = mapped_column(Text, default="")
+
+
+class PublishedState(Base):
+    """A JSON document the executor publishes for the API, CLI and UI to read.
+
+    Names: ``forest`` (the last good node list), ``config`` (the effective config),
+    ``errors`` (config and node-source errors) and ``waiting`` (queued tasks with the reason
+    each waits). The API-server and CLI run in other processes than the scheduler, so this
+    table is how they see the executor's view.
+    """
+
+    __tablename__ = "bistro_published_state"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    body: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[float] = mapped_column(Float)
+    owner: Mapped[str] = mapped_column(String(250), default="")

@@ -7,6 +7,7 @@ once: a scheduler killed mid-pass leaves either every grant of the pass or none.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -167,3 +168,26 @@ def ti_states(session: Session, ti_ids: Iterable[str]) -> dict[str, Any]:
         return {}
     rows = session.execute(select(TaskInstance.id, TaskInstance.state).where(TaskInstance.id.in_(ids)))
     return {str(ti_id): state for ti_id, state in rows}
+
+
+def publish(session: Session, name: str, body: Any, *, owner: str = "", now: float | None = None) -> None:
+    """Replace the published JSON document `name`."""
+    from bistro_provider.store.models import PublishedState
+
+    row = session.get(PublishedState, name)
+    if row is None:
+        row = PublishedState(name=name)
+        session.add(row)
+    row.body = json.dumps(body)
+    row.updated_at = time.time() if now is None else now
+    row.owner = owner
+
+
+def read_published(session: Session, name: str) -> tuple[Any, float] | None:
+    """Return a published document and when it was written, or None if never published."""
+    from bistro_provider.store.models import PublishedState
+
+    row = session.get(PublishedState, name)
+    if row is None:
+        return None
+    return json.loads(row.body), row.updated_at

@@ -1,4 +1,4 @@
-"""Create the ledger, status, capacity override and audit tables.
+"""Create the ledger, status, capacity override, audit and published state tables.
 
 Revision ID: 0001
 Revises:
@@ -58,8 +58,15 @@ def upgrade() -> None:
         sa.Column("old_value", sa.Text, nullable=False),
         sa.Column("new_value", sa.Text, nullable=False),
     )
+    op.create_table(
+        "bistro_published_state",
+        sa.Column("name", sa.String(64), primary_key=True),
+        sa.Column("body", sa.Text, nullable=False),
+        sa.Column("updated_at", sa.Float, nullable=False),
+        sa.Column("owner", sa.String(250), nullable=False),
+    )
 
 
 def downgrade() -> None:
-    for table in ("bistro_audit", "bistro_capacity_override", "bistro_task_status", "bistro_grant"):
+    for table in ("bistro_published_state", "bistro_audit", "bistro_capacity_override", "bistro_task_status", "bistro_grant"):
         op.drop_table(table)

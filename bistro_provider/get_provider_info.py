@@ -107,6 +107,14 @@ CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
         "5",
         "10",
     ),
+    "max_node_deletion_fraction": _option(
+        "A node refresh that would remove more than this fraction of any level's nodes is "
+        "held back and reported, and the last good node list stays in use; a level that "
+        "comes back empty is always held back. 1.0 accepts any shrink except to empty.",
+        "float",
+        "0.5",
+        "0.8",
+    ),
 }
 
 

@@ -29,6 +29,7 @@ class BistroOptions:
     grant_check_interval: float = 30.0
     state_sync_interval: float = 2.0
     full_pass_interval: float = 5.0
+    max_node_deletion_fraction: float = 0.5
 
     @classmethod
     def from_airflow(cls) -> BistroOptions:
@@ -61,4 +62,7 @@ class BistroOptions:
             grant_check_interval=get_float("grant_check_interval", cls.grant_check_interval),
             state_sync_interval=get_float("state_sync_interval", cls.state_sync_interval),
             full_pass_interval=get_float("full_pass_interval", cls.full_pass_interval),
+            max_node_deletion_fraction=get_float(
+                "max_node_deletion_fraction", cls.max_node_deletion_fraction
+            ),
         )

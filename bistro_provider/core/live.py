@@ -33,6 +33,8 @@ class RefreshIntervals:
     nodes_update: float = 60.0
     nodes_retry: float = 15.0
     script_timeout: float = 60.0
+    max_deletion_fraction: float = 0.5
+    """A fetch that removes more than this fraction of a level's nodes is held back."""
 
 
 class LiveForest:
@@ -65,6 +67,7 @@ class LiveForest:
         self._next_config_check = 0.0
         self._next_fetch = 0.0
         self._fetching: threading.Thread | None = None
+        self._forest_sources: tuple[object, object] | None = None
         self._lock = threading.Lock()
 
     def errors(self) -> dict[str, str]:
@@ -153,9 +156,47 @@ class LiveForest:
                 )
             self.nodes_error = str(exc)
             return
+        held = self._deletion_problem(forest, settings)
+        if held is not None:
+            self._next_fetch = self.clock() + self.intervals.nodes_retry
+            if held != self.nodes_error:
+                log.error("Bistro node refresh held back: %s", held)
+            self.nodes_error = held
+            return
         self.forest = forest
         self.forest_time = started
+        self._forest_sources = (settings.levels, settings.node_sources)
         if self.nodes_error:
             log.info("Fetching Bistro nodes works again: %d nodes", len(forest))
         self.nodes_error = None
         log.debug("Fetched %d Bistro nodes in %.2f s", len(forest), self.clock() - started)
+
+    def _deletion_problem(self, new: Forest, settings: Settings) -> str | None:
+        """Return why `new` must not replace the current forest, or None if it may.
+
+        Only a refresh from the same node sources is compared: after a config edit changes
+        the sources or levels, a smaller forest is what the operator asked for.
+        """
+        old = self.forest
+        if old is None or self._forest_sources != (settings.levels, settings.node_sources):
+            return None
+        limit = self.intervals.max_deletion_fraction
+        for index, level in enumerate(settings.levels[1:-1], start=1):
+            before = set(old.distinct_names(index))
+            if not before:
+                continue
+            after = set(new.distinct_names(index))
+            removed = len(before - after)
+            if not after:
+                return (
+                    f"level {level!r} came back empty (it had {len(before)} nodes); keeping "
+                    f"the last good node list, and no task is stopped for it"
+                )
+            if removed / len(before) > limit:
+                return (
+                    f"the refresh would remove {removed} of {len(before)} nodes on level "
+                    f"{level!r}, more than [bistro] max_node_deletion_fraction = {limit}; keeping "
+                    f"the last good node list. Raise the setting (1.0 disables the check) if "
+                    f"this many nodes really left"
+                )
+        return None

@@ -107,6 +107,10 @@ class Job:
     level_for_host_placement: str | None = None
     kill_subprocess: dict[str, Any] = field(default_factory=dict)
     task_subprocess: dict[str, Any] = field(default_factory=dict)
+    continuous: bool = False
+    """Set by ``airflow.continuous``: the job's DAG runs again whenever its nodes change."""
+    poll_interval: float = 60.0
+    """Seconds between node-graph checks of a continuous job (``airflow.poll_interval``)."""
     errors: tuple[ConfigIssue, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict)
 

@@ -147,10 +147,13 @@ class Ledger:
             raise ValueError(f"{holder!r} already holds resources; release it first")
         copied = {key: dict(amounts) for key, amounts in holdings.items()}
         self._holders[holder] = copied
+        # Zero amounts stay in the holdings (tasks report them) but never enter `_used`, so
+        # usage maps hold only positive amounts and a release always finds what it returns.
         for key, amounts in copied.items():
-            used = self._used.setdefault(key, {})
             for resource, amount in amounts.items():
-                used[resource] = used.get(resource, 0) + amount
+                if amount:
+                    used = self._used.setdefault(key, {})
+                    used[resource] = used.get(resource, 0) + amount
 
     def release(self, holder: Hashable) -> Holdings | None:
         """Give back everything `holder` holds; releasing an unknown holder is a no-op."""
@@ -158,13 +161,15 @@ class Ledger:
         if holdings is None:
             return None
         for key, amounts in holdings.items():
-            used = self._used[key]
+            used = self._used.get(key, {})
             for resource, amount in amounts.items():
+                if not amount:
+                    continue
                 used[resource] -= amount
                 if used[resource] == 0:
                     del used[resource]
             if not used:
-                del self._used[key]
+                self._used.pop(key, None)
         return holdings
 
     def usage(self) -> dict[NodeKey, dict[str, int]]:

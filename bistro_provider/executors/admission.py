@@ -60,6 +60,18 @@ class WaitingTask:
 
 
 @dataclass(frozen=True)
+class RunningTask:
+    """An admitted task whose try has not ended yet."""
+
+    ti_id: str
+    dag_id: str
+    run_id: str
+    job: str
+    node: str
+    since: float
+
+
+@dataclass(frozen=True)
 class Granted:
     """A waiting task the pass admitted, with what it holds."""
 
@@ -89,6 +101,7 @@ class AdmissionController:
         self.overrides: dict[NodeKey, dict[str, int]] = {}
         self.ledger = Ledger(self._capacity_of)
         self.waiting: dict[Any, WaitingTask] = {}
+        self.running: dict[str, RunningTask] = {}
         self.full_pass_interval = 5.0
         self._dirty = True
         self._last_pass = 0.0
@@ -274,6 +287,9 @@ class AdmissionController:
                     owner=self.owner,
                 ),
             )
+            self.running[str(ti.id)] = RunningTask(
+                str(ti.id), ti.dag_id, ti.run_id, admission.job, admission.node, now
+            )
             record = self._admission_record(item, config, statuses)
             XComModel.set(
                 key=admission_key(ti.map_index),
@@ -314,6 +330,7 @@ class AdmissionController:
         """Give back resources of grants whose commit failed; the tasks keep waiting."""
         for item in granted:
             self.ledger.release(item.task.ti_id)
+            self.running.pop(item.task.ti_id, None)
 
     def rebuild(self, session: Session) -> list[str]:
         """Load grants of tasks still queued or running; return ids of stale grants."""
@@ -327,6 +344,14 @@ class AdmissionController:
             state = states.get(record.ti_id)
             if state in ("queued", "running"):
                 self.ledger.force_acquire(record.ti_id, record.holdings)
+                self.running[record.ti_id] = RunningTask(
+                    record.ti_id,
+                    record.dag_id,
+                    record.run_id,
+                    record.job,
+                    record.node,
+                    record.granted_at,
+                )
             else:
                 stale.append(record.ti_id)
         log.info(
@@ -335,6 +360,14 @@ class AdmissionController:
             len(stale),
         )
         return stale
+
+    def release(self, ti_id: str) -> bool:
+        """Give back what a task holds when its try ended; return False if it held nothing."""
+        self.running.pop(ti_id, None)
+        released = self.ledger.release(ti_id) is not None
+        if released:
+            self._dirty = True
+        return released
 
     def waiting_reasons(self) -> dict[tuple[str, str], str]:
         return {(task.job, task.node): task.reason for task in self.waiting.values()}

@@ -28,6 +28,12 @@ from airflow.utils.state import TaskInstanceState
 from bistro_provider.core.live import LiveForest, RefreshIntervals
 from bistro_provider.executors.admission import AdmissionController, Granted
 from bistro_provider.executors.endings import record_endings
+from bistro_provider.executors.orphans import (
+    OrphanTracker,
+    StopRequest,
+    stop_task_instances,
+    waiting_to_drop,
+)
 from bistro_provider.executors.publisher import StatePublisher
 from bistro_provider.options import BistroOptions
 from bistro_provider.store import repository
@@ -56,6 +62,7 @@ class BistroExecutor(LocalExecutor):
                     nodes_update=self.options.nodes_update_interval,
                     nodes_retry=self.options.nodes_retry_interval,
                     script_timeout=self.options.script_timeout,
+                    max_deletion_fraction=self.options.max_node_deletion_fraction,
                 ),
             )
         self.admission = AdmissionController(live)
@@ -66,6 +73,7 @@ class BistroExecutor(LocalExecutor):
         self._next_reconcile = 0.0
         self._next_sync = 0.0
         self.publisher = StatePublisher(self.admission)
+        self.orphans = OrphanTracker()
 
     # -- capacity reported to the scheduler -----------------------------------------------
 
@@ -183,11 +191,29 @@ class BistroExecutor(LocalExecutor):
             self._next_sync = now + self.options.state_sync_interval
             with create_session() as session:
                 self._refresh_overrides(session)
+                self._handle_orphans(session, now)
                 self.publisher.publish(session)
         if now >= self._next_reconcile:
             self._next_reconcile = now + self.options.grant_check_interval
             with create_session() as session:
                 self._release_foreign_grants(session)
+
+    def _handle_orphans(self, session: Any, now: float) -> None:
+        stops = self.orphans.scan(self.admission, now)
+        if stops:
+            stop_task_instances(session, stops)
+        if not self.admission.waiting:
+            return
+        jobs = {task.job for task in self.admission.waiting.values()}
+        statuses = repository.load_statuses(session, jobs)
+        drops = waiting_to_drop(self.admission, statuses)
+        if not drops:
+            return
+        stop_task_instances(session, [StopRequest(task.ti_id, note) for task, note in drops])
+        for task, _note in drops:
+            key = task.workload.ti.key
+            self.admission.forget(key)
+            self.queued_tasks.pop(key, None)
 
     def _refresh_overrides(self, session: Any) -> None:
         overrides = repository.load_capacity_overrides(session)

@@ -27,7 +27,7 @@ def record_endings(admission: AdmissionController, ended: list[tuple[Any, Any, s
     """Release the resources of ended tries and record each Bistro task's status."""
     ti_ids = []
     for key, state, ti_id in ended:
-        if ti_id and admission.ledger.release(ti_id) is not None:
+        if ti_id and admission.release(ti_id):
             ti_ids.append(ti_id)
             log.info("Released resources of %s (executor state %s)", key, state)
     if not ti_ids:

@@ -1,12 +1,18 @@
-"""Build one Airflow DAG per Bistro job: a node snapshot, then one mapped task per node."""
+"""Build one Airflow DAG per Bistro job: a node snapshot, then one mapped task per node.
+
+A continuous job (``"airflow": {"continuous": true}`` in its config) gets a DAG scheduled on
+an asset whose watcher polls the job's task level: each change of the node graph queues a
+new run, and runs never overlap.
+"""
 
 from __future__ import annotations
 
 import logging
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, Asset, AssetWatcher
 
 from bistro_provider.core.config import load_config
 from bistro_provider.operators.job import (
@@ -15,6 +21,7 @@ from bistro_provider.operators.job import (
     BistroTaskOperator,
 )
 from bistro_provider.options import BistroOptions
+from bistro_provider.triggers.node_graph import NodeGraphTrigger
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,9 @@ def bistro_job_dag(
     python_callable: Callable[..., Any] | None = None,
     command_timeout: float | None = None,
     options: BistroOptions | None = None,
+    continuous: bool = False,
+    poll_interval: float = 60.0,
+    level: str | None = None,
     **dag_kwargs: Any,
 ) -> DAG:
     """Return the DAG that runs Bistro job `job` once on every task node.
@@ -38,7 +48,13 @@ def bistro_job_dag(
     :param dag_id: defaults to `[bistro] dag_id_prefix` followed by the job name.
     :param python_callable: run this instead of the job's `command`, as
         ``python_callable(node, argument)``.
-    :param dag_kwargs: passed to `DAG`, for example `schedule`.
+    :param continuous: schedule the DAG on the job's node-graph asset (`node_graph_asset`),
+        so every change of the nodes on the job's task level starts a run.
+    :param poll_interval: seconds between node-graph polls of a continuous job.
+    :param level: the level a continuous job watches; defaults to the job's level_for_tasks,
+        read from the config.
+    :param dag_kwargs: passed to `DAG`, for example `schedule` (not with `continuous`).
+    :raises ValueError: when no config file is known, or `continuous` comes with `schedule`.
     """
     options = options or BistroOptions.from_airflow()
     config_file = config_file or options.config_file
@@ -47,7 +63,13 @@ def bistro_job_dag(
             "no Bistro config file: pass config_file= or set [bistro] config_file "
             "(AIRFLOW__BISTRO__CONFIG_FILE)"
         )
+    if continuous:
+        dag_kwargs["schedule"] = _continuous_schedule(
+            job, config_file, dag_kwargs.get("schedule"), poll_interval, level, options
+        )
     dag_kwargs.setdefault("schedule", None)
+    # One run at a time. Asset events that arrive during a run stay queued, and Airflow 3.3
+    # then starts one run for all of them together.
     dag_kwargs.setdefault("max_active_runs", 1)
     dag_kwargs.setdefault("max_active_tasks", options.max_active_tasks_per_job)
     dag_kwargs.setdefault("tags", ["bistro"])
@@ -77,6 +99,56 @@ def bistro_job_dag(
     return dag
 
 
+def node_graph_asset(
+    job: str, *, config_file: str, level: str, poll_interval: float, script_timeout: float
+) -> Asset:
+    """Return the asset of a continuous job, watched by a `NodeGraphTrigger` on `level`."""
+    trigger = NodeGraphTrigger(
+        config_file=config_file,
+        level=level,
+        poll_interval=poll_interval,
+        script_timeout=script_timeout,
+        job=job,
+    )
+    watcher = AssetWatcher(name=f"bistro-nodes-{job}-watcher", trigger=trigger)
+    uri = f"bistro://{urllib.parse.quote(job, safe='')}/nodes"
+    return Asset(name=f"bistro-nodes-{job}", uri=uri, watchers=[watcher])
+
+
+def _continuous_schedule(
+    job: str,
+    config_file: str,
+    schedule: Any,
+    poll_interval: float,
+    level: str | None,
+    options: BistroOptions,
+) -> list[Asset]:
+    if schedule is not None:
+        raise ValueError(
+            f"job {job!r} is continuous, so its DAG runs on node-graph changes; remove "
+            f"schedule={schedule!r} or set airflow.continuous to false"
+        )
+    asset = node_graph_asset(
+        job,
+        config_file=config_file,
+        level=level or _task_level(config_file, job),
+        poll_interval=poll_interval,
+        script_timeout=options.script_timeout,
+    )
+    return [asset]
+
+
+def _task_level(config_file: str, job: str) -> str:
+    config = load_config(config_file)
+    parsed = config.jobs.get(job)
+    if parsed is None:
+        raise ValueError(
+            f"job {job!r} is not in {config_file}; defined jobs: "
+            f"{', '.join(sorted(config.jobs)) or 'none'}"
+        )
+    return parsed.level_for_tasks or config.settings.level_for_tasks
+
+
 def dags_from_config(config_file: str | None = None) -> dict[str, DAG]:
     """Return a DAG for every job of the Bistro config, keyed by DAG id.
 
@@ -93,7 +165,14 @@ def dags_from_config(config_file: str | None = None) -> dict[str, DAG]:
         return {}
     config = load_config(config_file)
     dags = {}
-    for name in config.jobs:
-        dag = bistro_job_dag(name, config_file=config_file, options=options)
+    for name, job in config.jobs.items():
+        dag = bistro_job_dag(
+            name,
+            config_file=config_file,
+            options=options,
+            continuous=job.continuous,
+            poll_interval=job.poll_interval,
+            level=job.level_for_tasks or config.settings.level_for_tasks,
+        )
         dags[dag.dag_id] = dag
     return dags

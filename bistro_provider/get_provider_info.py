@@ -128,7 +128,12 @@ def get_provider_info() -> dict[str, Any]:
         "executors": ["bistro_provider.executors.bistro_executor.BistroExecutor"],
         "cli": ["bistro_provider.cli.definition.get_bistro_cli_commands"],
         "db-managers": ["bistro_provider.store.db_manager.BistroDBManager"],
-        "triggers": [],
+        "triggers": [
+            {
+                "integration-name": "Bistro",
+                "python-modules": ["bistro_provider.triggers.node_graph"],
+            }
+        ],
         "config": {
             "bistro": {
                 "description": "Bistro resource-forest scheduling.",

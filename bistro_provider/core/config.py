@@ -109,8 +109,11 @@ _JOB_KEYS = frozenset(
         "modify_time",
         "version_id",
         "errors",
+        "airflow",
     }
 )
+# Keys of a job's "airflow" object, which only this provider reads.
+_AIRFLOW_KEYS = ("continuous", "poll_interval")
 _JOB_HINTS = {
     "kill_request": "the key for kill settings is kill_subprocess",
     "run_only_after_all_nodes_are_done_for": "Bistro documents this key but never implemented it",
@@ -875,7 +878,38 @@ def _parse_job_fields(
         **_parse_host_placement(obj, path, levels, level_for_tasks, check),
         "kill_subprocess": _parse_kill_subprocess(obj, path, settings.kill_subprocess, check),
         "task_subprocess": _parse_task_subprocess(obj, path, settings.task_subprocess, check),
+        **_parse_airflow_options(obj, path, check),
     }
+
+
+def _parse_airflow_options(obj: dict[str, Any], path: str, check: _Checker) -> dict[str, Any]:
+    """Parse a job's optional ``airflow`` object into `Job` fields; Bistro never reads it.
+
+    An unknown key inside it is an error, not a warning as elsewhere: the object belongs to
+    this provider, so an unknown key is a typo that would silently turn a feature off.
+    """
+    if "airflow" not in obj:
+        return {}
+    path = _join(path, "airflow")
+    value = check.obj(obj["airflow"], path)
+    if value is None:
+        return {}
+    for key in value:
+        if key not in _AIRFLOW_KEYS:
+            check.error(_join(path, key), f"unknown key; allowed keys: {', '.join(_AIRFLOW_KEYS)}")
+    parsers: dict[str, Parser] = {
+        "continuous": check.bool_,
+        "poll_interval": partial(_positive_seconds, check),
+    }
+    return check.fields(value, path, parsers)
+
+
+def _positive_seconds(check: _Checker, value: Any, path: str) -> float | None:
+    seconds = check.number(value, path, what="a number of seconds")
+    if seconds is not None and seconds <= 0:
+        check.error(path, f"must be a positive number of seconds, got {_show(value)}")
+        return None
+    return seconds
 
 
 def _parse_job_resources(
@@ -1110,9 +1144,17 @@ def _job_to_json(settings: Settings, job: Job) -> dict[str, Any]:
         "host_placement": job.host_placement,
         "level_for_host_placement": job.level_for_host_placement,
         "errors": [str(issue) for issue in job.errors],
+        "airflow": _airflow_to_json(job),
     }
     result.update({key: value for key, value in optional.items() if value})
     for key in ("create_time", "modify_time", "version_id"):
         if key in job.raw:
             result[key] = job.raw[key]
     return result
+
+
+def _airflow_to_json(job: Job) -> dict[str, Any]:
+    """Return the job's ``airflow`` object, or {} when every key has its default."""
+    if not job.continuous and job.poll_interval == Job.poll_interval:
+        return {}
+    return {"continuous": job.continuous, "poll_interval": job.poll_interval}

@@ -206,6 +206,9 @@ def admit_pass(
                 result.blockers.pop(key, None)
                 return outcome
             if outcome is StartResult.STOP:
+                # The policy already popped this candidate, so the sweep for untried
+                # candidates below would not give it a reason.
+                result.waiting[key] = "no worker available"
                 return outcome
         blocker = result.blockers.get(key)
         result.waiting[key] = f"waiting for {blocker}" if blocker else "no worker available"

@@ -230,7 +230,15 @@ class AdmissionController:
     ) -> tuple[list[JobCandidates[Candidate]], dict[tuple[str, str], WaitingTask]]:
         settings = config.settings
         by_job: dict[str, dict[str, WaitingTask]] = {}
-        for task in self.waiting.values():
+        running = {(task.job, task.node) for task in self.running.values()}
+        for task in sorted(self.waiting.values(), key=lambda item: item.since):
+            if (task.job, task.node) in running:
+                # Bistro never runs one (job, node) twice at once, even across DAG runs.
+                task.reason = f"{task.job} is already running on {task.node} in another run"
+                continue
+            if task.node in by_job.get(task.job, {}):
+                task.reason = f"an earlier run's task for {task.job} on {task.node} goes first"
+                continue
             job = config.jobs.get(task.job)
             if job is None or not job.can_run:
                 task.reason = _job_problem(task.job, job)

@@ -156,7 +156,8 @@ def parse_cron(
 ) -> CronSpec | None:
     """Return the spec that `value` describes, or None after adding its problems to `issues`."""
     if not isinstance(value, Mapping):
-        message = f'must be an object such as {{"epoch": {{"period": 300}}}} or {{"minute": 0}}, got {value!r}'
+        example = '{"epoch": {"period": 300}} or {"minute": 0}'
+        message = f"must be an object such as {example}, got {value!r}"
         issues.append(ConfigIssue(path, message))
         return None
     if "epoch" in value:
@@ -167,10 +168,14 @@ def parse_cron(
 # --- epoch ---------------------------------------------------------------------------
 
 
-def _parse_epoch(value: Mapping[str, Any], path: str, issues: list[ConfigIssue]) -> EpochCron | None:
+def _parse_epoch(
+    value: Mapping[str, Any], path: str, issues: list[ConfigIssue]
+) -> EpochCron | None:
     extra = sorted(key for key in value if key != "epoch")
     if extra:
-        message = f"an epoch spec takes no other keys, got {', '.join(map(repr, extra))}; remove them"
+        message = (
+            f"an epoch spec takes no other keys, got {', '.join(map(repr, extra))}; remove them"
+        )
         issues.append(ConfigIssue(path, message))
         return None
     selector = value["epoch"]
@@ -181,7 +186,10 @@ def _parse_epoch(value: Mapping[str, Any], path: str, issues: list[ConfigIssue])
         return _parse_epoch_list(selector, key_path, issues)
     if isinstance(selector, Mapping):
         return _parse_epoch_range(selector, key_path, issues)
-    message = f'must be a time in POSIX seconds, a list of them, or {{"period": P, "start": S, "end": E}}, got {selector!r}'
+    message = (
+        "must be a time in POSIX seconds, a list of them, or "
+        f'{{"period": P, "start": S, "end": E}}, got {selector!r}'
+    )
     issues.append(ConfigIssue(key_path, message))
     return None
 
@@ -252,9 +260,18 @@ def _parse_standard(
     for key in value:
         if key not in STANDARD_KEYS:
             expected = ", ".join(sorted(STANDARD_KEYS | {"epoch"}))
-            issues.append(ConfigIssue(f"{path}.{key}", f"unknown key {key!r}; a cron spec may contain: {expected}"))
+            issues.append(
+                ConfigIssue(
+                    f"{path}.{key}", f"unknown key {key!r}; a cron spec may contain: {expected}"
+                )
+            )
     if "minute" not in value:
-        issues.append(ConfigIssue(f"{path}.minute", 'missing; set it, for example "minute": 0 for the top of each hour'))
+        issues.append(
+            ConfigIssue(
+                f"{path}.minute",
+                'missing; set it, for example "minute": 0 for the top of each hour',
+            )
+        )
     if "day_of_week" in value and "day_of_month" in value:
         message = "day_of_week and day_of_month cannot be combined; keep one of them"
         issues.append(ConfigIssue(path, message))
@@ -267,7 +284,9 @@ def _parse_standard(
     return _checked_standard(StandardCron(expression, zone, years), path, issues)
 
 
-def _checked_standard(spec: StandardCron, path: str, issues: list[ConfigIssue]) -> StandardCron | None:
+def _checked_standard(
+    spec: StandardCron, path: str, issues: list[ConfigIssue]
+) -> StandardCron | None:
     """Return `spec` unless croniter rejects its expression as a whole."""
     try:
         croniter(spec.expression)
@@ -277,7 +296,9 @@ def _checked_standard(spec: StandardCron, path: str, issues: list[ConfigIssue]) 
     return spec
 
 
-def _cron_field(key: str, spec: Mapping[str, Any], path: str, issues: list[ConfigIssue]) -> str | None:
+def _cron_field(
+    key: str, spec: Mapping[str, Any], path: str, issues: list[ConfigIssue]
+) -> str | None:
     """Return one field of the cron expression, in cron's numbering."""
     if key not in spec:
         return "*"
@@ -311,7 +332,10 @@ def _cron_string_field(key: str, value: str, path: str, issues: list[ConfigIssue
     probe = ["*"] * len(CRON_FIELDS)
     probe[position] = text
     if not text or " " in text or not croniter.is_valid(" ".join(probe)):
-        message = f'invalid cron field {value!r}; use forms such as "*", "*/15", "1-5", "0,30" or 3-letter names'
+        message = (
+            f'invalid cron field {value!r}; use forms such as "*", "*/15", "1-5", "0,30" '
+            "or 3-letter names"
+        )
         issues.append(ConfigIssue(path, message))
         return None
     return text
@@ -334,7 +358,9 @@ def _parse_selector(
     return start[0], end[0], period
 
 
-def _parse_values(key: str, items: list[Any], path: str, issues: list[ConfigIssue]) -> list[int] | None:
+def _parse_values(
+    key: str, items: list[Any], path: str, issues: list[ConfigIssue]
+) -> list[int] | None:
     """Return `items` as integers in Bistro's numbering; names become their numbers."""
     low, high = FIELD_RANGES[key]
     numbers = []
@@ -342,12 +368,17 @@ def _parse_values(key: str, items: list[Any], path: str, issues: list[ConfigIssu
         number = _name_value(key, item) if isinstance(item, str) else item
         if not _is_int(number) or not low <= number <= high:
             names = " or names" if key in NAMES_BY_FIELD else ""
-            message = f"must be integers {low}..{high}{names}, a list of them, a selector or a cron field string, got {item!r}"
+            message = (
+                f"must be integers {low}..{high}{names}, a list of them, a selector or a "
+                f"cron field string, got {item!r}"
+            )
             issues.append(ConfigIssue(path, message))
             return None
         numbers.append(number)
     if not numbers:
-        issues.append(ConfigIssue(path, "must not be an empty list; leave the key out to match every value"))
+        issues.append(
+            ConfigIssue(path, "must not be an empty list; leave the key out to match every value")
+        )
         return None
     return numbers
 
@@ -374,7 +405,10 @@ def _parse_years(value: Any, path: str, issues: list[ConfigIssue]) -> range | fr
         bounds = _parse_selector("year", value, path, issues)
         return None if bounds is None else range(bounds[0], bounds[1] + 1, bounds[2])
     if isinstance(value, str):
-        message = f'must be "*", an integer year, a list of years or {{"start", "end", "period"}}, got {value!r}'
+        message = (
+            'must be "*", an integer year, a list of years or {"start", "end", "period"}, '
+            f"got {value!r}"
+        )
         issues.append(ConfigIssue(path, message))
         return None
     numbers = _parse_values("year", value if isinstance(value, list) else [value], path, issues)
@@ -388,7 +422,9 @@ def _check_dst_fixes(
     if value is None:
         return
     known = DST_FORWARD | DST_REWIND
-    if not isinstance(value, list) or not all(isinstance(item, str) and item in known for item in value):
+    if not isinstance(value, list) or not all(
+        isinstance(item, str) and item in known for item in value
+    ):
         message = f"must be a list of {', '.join(sorted(known))}, got {value!r}"
         issues.append(ConfigIssue(path, message))
         return

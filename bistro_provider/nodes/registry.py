@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from bistro_provider.core.errors import ConfigIssue, NodeSourceError
 from bistro_provider.core.forest import Forest
 from bistro_provider.core.model import NodeSourceSpec, Settings
-from bistro_provider.nodes import empty, manual, range_label, script
+from bistro_provider.nodes import add_time, empty, file, manual, plugin, range_label, script
 from bistro_provider.nodes.base import (
     FetchContext,
     NodeSource,
@@ -27,15 +27,21 @@ log = logging.getLogger(__name__)
 
 SOURCES: dict[str, NodeSource] = {}
 VALIDATORS: dict[str, PrefsValidator] = {}
+WARNING_CHECKS: dict[str, PrefsValidator] = {}
 
 
 def register_source(
-    name: str, fn: NodeSource, *, validator: PrefsValidator | None = None
+    name: str,
+    fn: NodeSource,
+    *,
+    validator: PrefsValidator | None = None,
+    warning_check: PrefsValidator | None = None,
 ) -> None:
     """Make `fn` available as `source: name` in node_sources.
 
     `validator` checks prefs when the config is parsed; without one, bad prefs show only when
-    the source runs. Registering a name twice with another function raises ValueError,
+    the source runs. `warning_check` returns prefs that are valid but not applied as
+    written. Registering a name twice with another function raises ValueError,
     because two plugins claiming one name is a packaging mistake to fix, not to hide.
     """
     existing = SOURCES.get(name)
@@ -44,6 +50,8 @@ def register_source(
     SOURCES[name] = fn
     if validator is not None:
         VALIDATORS[name] = validator
+    if warning_check is not None:
+        WARNING_CHECKS[name] = warning_check
 
 
 def _unknown_source_message(name: str) -> str:
@@ -65,6 +73,18 @@ def validate_source_prefs(spec: NodeSourceSpec, settings: Settings) -> list[Conf
         return [ConfigIssue(path, f"must be an object, got {type(spec.prefs).__name__}")]
     validator = VALIDATORS.get(spec.source)
     return validator(spec.prefs, settings, path) if validator else []
+
+
+def source_prefs_warnings(spec: NodeSourceSpec, settings: Settings) -> list[ConfigIssue]:
+    """Return the prefs of one node source that are valid but not applied as written.
+
+    An `add_time` cron spec whose ``dst_fixes`` differ from croniter's DST behaviour is one.
+    Invalid prefs give no warnings here, because `validate_source_prefs` reports them.
+    """
+    check = WARNING_CHECKS.get(spec.source)
+    if check is None or not isinstance(spec.prefs, Mapping):
+        return []
+    return check(spec.prefs, settings, prefs_path(spec.index))
 
 
 def fetch_forest(
@@ -118,3 +138,11 @@ register_source(
     "range_label", range_label.fetch_range_label, validator=range_label.validate_range_label_prefs
 )
 register_source("script", script.fetch_script, validator=script.validate_script_prefs)
+register_source(
+    "add_time",
+    add_time.fetch_add_time,
+    validator=add_time.validate_add_time_prefs,
+    warning_check=add_time.add_time_prefs_warnings,
+)
+register_source("file", file.fetch_file, validator=file.validate_file_prefs)
+register_source("plugin", plugin.fetch_plugin, validator=plugin.validate_plugin_prefs)

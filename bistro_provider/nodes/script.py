@@ -2,13 +2,21 @@
 
 For each node on `parent_level` the source runs ``[script, *args, parent_name]`` directly
 (an argv list, never a shell, so a parent name reaches the program as one argument). Each
-non-blank line of its standard output, stripped of surrounding whitespace, is the name of
-an enabled child. A failure of any run fails the whole fetch, so the caller keeps its last
-good forest instead of losing the nodes of one parent.
+non-blank line of its standard output, stripped of surrounding whitespace, is one child:
+
+* a line that starts with ``{`` is a JSON object ``{"name": "db1", "enabled": true,
+  "tags": ["ssd"], "capacity": {"db_slots": 2}}``. Only ``name`` is required. ``capacity``
+  sets per-node limits, so each key must be a resource of the children's level and each
+  amount a whole number >= 0.
+* any other line is the name of an enabled child without tags, as in Bistro.
+
+Both kinds of line may be mixed in one output. A failure of any run fails the whole fetch,
+so the caller keeps its last good forest instead of losing the nodes of one parent.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -24,11 +32,17 @@ from bistro_provider.core.model import Settings
 from bistro_provider.nodes.base import (
     CONFIG_DIR_KEY,
     FetchContext,
-    add_children,
     check_parent_level,
     check_unknown_keys,
     node_name_problem,
     raise_for_issues,
+)
+from bistro_provider.nodes.node_fields import (
+    ChildSpec,
+    NodeFieldError,
+    add_child_specs,
+    check_capacity_resources,
+    parse_node_object,
 )
 
 log = logging.getLogger(__name__)
@@ -163,27 +177,47 @@ def _exit_message(argv: list[str], returncode: int, stderr: bytes) -> str:
     return f"{argv!r} {outcome}; last stderr lines: {tail}"
 
 
-def parse_output(stdout: bytes, parent: str) -> list[str]:
-    """Return the child names in `stdout`, one per non-blank line, in output order.
+def parse_output(stdout: bytes, parent: str, level: str, settings: Settings) -> list[ChildSpec]:
+    """Return the children in `stdout`, one per non-blank line, in output order.
 
-    :raises NodeSourceError: on invalid UTF-8, or a line that is not a valid node name.
+    :param level: the children's level, whose resources a ``capacity`` may name.
+    :raises NodeSourceError: on invalid UTF-8, a name that is not a valid node name, or an
+        invalid JSON line.
     """
     try:
         text = stdout.decode("utf-8")
     except UnicodeDecodeError as exc:
         message = f"output for parent {parent!r} is not valid UTF-8 at byte offset {exc.start}"
         raise NodeSourceError(SOURCE_NAME, message) from exc
-    names = []
+    children = []
     for number, line in enumerate(text.split("\n"), start=1):
-        name = line.strip()
-        if not name:
+        stripped = line.strip()
+        if not stripped:
             continue
-        problem = node_name_problem(name)
+        try:
+            children.append(_parse_line(stripped, level, settings))
+        except NodeFieldError as exc:
+            message = f"line {number} of the output for parent {parent!r}: {exc}"
+            raise NodeSourceError(SOURCE_NAME, message) from exc
+    return children
+
+
+def _parse_line(line: str, level: str, settings: Settings) -> ChildSpec:
+    if not line.startswith("{"):
+        problem = node_name_problem(line)
         if problem:
-            message = f"line {number} of the output for parent {parent!r}: {problem}"
-            raise NodeSourceError(SOURCE_NAME, message)
-        names.append(name)
-    return names
+            raise NodeFieldError(problem)
+        return ChildSpec(line)
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        message = (
+            f"a line that starts with '{{' must be a JSON object, but column {exc.colno}: {exc.msg}"
+        )
+        raise NodeFieldError(message) from exc
+    spec = parse_node_object(obj)
+    check_capacity_resources(spec.capacity, level, settings)
+    return spec
 
 
 def validate_script_prefs(
@@ -203,11 +237,13 @@ def fetch_script(forest: Forest, prefs: dict[str, Any], context: FetchContext) -
         return
     program = resolve_script(parsed.argv[0], parsed.config_dir)
     check_executable(program)
-    children_by_parent: dict[str, list[str]] = {}
+    child_level = forest.levels[forest.level_index(parsed.parent_level) + 1]
+    children_by_parent: dict[str, list[ChildSpec]] = {}
     for parent in forest.nodes(parsed.parent_level):
         if parent.name not in children_by_parent:
             argv = [str(program), *parsed.argv[1:], parent.name]
             stdout = run_script(argv, context.script_timeout)
-            children_by_parent[parent.name] = parse_output(stdout, parent.name)
-            log.debug("Script %s listed %d nodes", argv, len(children_by_parent[parent.name]))
-        add_children(forest, parent, children_by_parent[parent.name], source=SOURCE_NAME)
+            children = parse_output(stdout, parent.name, child_level, context.settings)
+            children_by_parent[parent.name] = children
+            log.debug("Script %s listed %d nodes", argv, len(children))
+        add_child_specs(forest, parent, children_by_parent[parent.name], source=SOURCE_NAME)

@@ -377,3 +377,12 @@ def test_release_returns_usage_to_zero() -> None:
     assert released == {("host", "h1"): {"cpu": 2}, ("db", "d1"): {"conn": 1}}
     assert ledger.usage() == {}
     assert "t1" not in ledger
+
+
+def test_zero_amounts_release_in_any_order() -> None:
+    ledger = small_ledger()
+    ledger.force_acquire("takes_none", {("host", "h1"): {"cpu": 0}})
+    ledger.force_acquire("takes_one", {("host", "h1"): {"cpu": 1}})
+    ledger.release("takes_one")
+    assert ledger.release("takes_none") == {("host", "h1"): {"cpu": 0}}
+    assert ledger.usage() == {}

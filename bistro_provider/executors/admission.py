@@ -69,6 +69,8 @@ class RunningTask:
     job: str
     node: str
     since: float
+    task_id: str = ""
+    map_index: int = -1
 
 
 @dataclass(frozen=True)
@@ -122,10 +124,11 @@ class AdmissionController:
     # -- classification -------------------------------------------------------------------
 
     def resolve(self, workloads: Iterable[Any], session: Session) -> list[Any]:
-        """Resolve new Bistro workloads to their nodes; return those that are not Bistro's.
+        """Resolve new Bistro workloads to their nodes; return those to run without admission.
 
-        A workload whose run's node list cannot be read yet stays unresolved and is retried
-        on the next call.
+        Those are workloads of other DAGs, and Bistro workloads whose map index has no node
+        in the run's node list. A workload whose run's node list cannot be read yet stays
+        unresolved and is retried on the next call.
         """
         plain = []
         for workload in workloads:
@@ -136,7 +139,11 @@ class AdmissionController:
             if marker is None:
                 plain.append(workload)
                 continue
-            task = self._resolve_one(workload, marker, session)
+            try:
+                task = self._resolve_one(workload, marker, session)
+            except _NoNodeForMapIndex:
+                plain.append(workload)
+                continue
             if task is not None:
                 self.waiting[key] = task
                 self._dirty = True
@@ -177,7 +184,7 @@ class AdmissionController:
                 ti.map_index,
                 len(names),
             )
-            return None
+            raise _NoNodeForMapIndex
         node = names[ti.map_index]
         path = tuple(self._paths.get(run_key, {}).get(node, ()))
         return WaitingTask(workload, str(marker["job"]), node, snapshot, path)
@@ -232,6 +239,10 @@ class AdmissionController:
         by_job: dict[str, dict[str, WaitingTask]] = {}
         running = {(task.job, task.node) for task in self.running.values()}
         for task in sorted(self.waiting.values(), key=lambda item: item.since):
+            if task.ti_id in self.ledger:
+                # A rescheduled try keeps its id; wait until the previous try's end is seen.
+                task.reason = "the previous attempt of this task instance has not ended yet"
+                continue
             if (task.job, task.node) in running:
                 # Bistro never runs one (job, node) twice at once, even across DAG runs.
                 task.reason = f"{task.job} is already running on {task.node} in another run"
@@ -296,7 +307,14 @@ class AdmissionController:
                 ),
             )
             self.running[str(ti.id)] = RunningTask(
-                str(ti.id), ti.dag_id, ti.run_id, admission.job, admission.node, now
+                str(ti.id),
+                ti.dag_id,
+                ti.run_id,
+                admission.job,
+                admission.node,
+                now,
+                ti.task_id,
+                ti.map_index,
             )
             record = self._admission_record(item, config, statuses)
             XComModel.set(
@@ -359,6 +377,8 @@ class AdmissionController:
                     record.job,
                     record.node,
                     record.granted_at,
+                    record.task_id,
+                    record.map_index,
                 )
             else:
                 stale.append(record.ti_id)
@@ -369,16 +389,34 @@ class AdmissionController:
         )
         return stale
 
-    def release(self, ti_id: str) -> bool:
-        """Give back what a task holds when its try ended; return False if it held nothing."""
-        self.running.pop(ti_id, None)
+    def release(self, ti_id: str) -> RunningTask | None:
+        """Give back what a task holds when its try ended; return the task if it held any."""
+        task = self.running.pop(ti_id, None)
         released = self.ledger.release(ti_id) is not None
         if released:
             self._dirty = True
-        return released
+        return task if released else None
+
+    def sync_ledger(self, records: list[repository.GrantRecord]) -> None:
+        """Make the in-memory ledger equal the grants in the database.
+
+        With several schedulers sharing one database, each admits against the grants of
+        all of them; the caller holds the admission lock while it reads and writes.
+        """
+        wanted = {record.ti_id: record for record in records}
+        for holder in list(self.ledger.holders()):
+            if holder not in wanted:
+                self.ledger.release(holder)
+        for ti_id, record in wanted.items():
+            if ti_id not in self.ledger:
+                self.ledger.force_acquire(ti_id, record.holdings)
 
     def waiting_reasons(self) -> dict[tuple[str, str], str]:
         return {(task.job, task.node): task.reason for task in self.waiting.values()}
+
+
+class _NoNodeForMapIndex(Exception):
+    """Raised when a workload's map index has no node in its run's node list."""
 
 
 def _job_problem(name: str, job: Job | None) -> str:

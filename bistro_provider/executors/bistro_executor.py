@@ -136,8 +136,12 @@ class BistroExecutor(LocalExecutor):
             return []
         jobs = {task.job for task in self.admission.waiting.values()}
         statuses = repository.load_statuses(session, jobs | _dependency_jobs(self.admission, jobs))
+        # Read-check-write under one lock: the grants of every scheduler, then this pass.
+        repository.lock_admission(session)
+        self.admission.sync_ledger(repository.load_grants(session))
         granted = self.admission.run_pass(free, statuses)
         if not granted:
+            session.rollback()
             return []
         try:
             self.admission.commit(granted, session, statuses)

@@ -15,52 +15,56 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bistro_provider.executors.admission import TERMINAL_STATUS_FALLBACK, AdmissionController
+from bistro_provider.executors.admission import (
+    TERMINAL_STATUS_FALLBACK,
+    AdmissionController,
+    RunningTask,
+)
 from bistro_provider.operators.job import STATUS_KEY
 from bistro_provider.store import repository
-from bistro_provider.store.models import Grant
 
 log = logging.getLogger(__name__)
 
 
 def record_endings(admission: AdmissionController, ended: list[tuple[Any, Any, str | None]]) -> None:
     """Release the resources of ended tries and record each Bistro task's status."""
-    ti_ids = []
+    tasks = []
     for key, state, ti_id in ended:
-        if ti_id and admission.release(ti_id):
-            ti_ids.append(ti_id)
+        task = admission.release(ti_id) if ti_id else None
+        if task is not None:
+            tasks.append(task)
             log.info("Released resources of %s (executor state %s)", key, state)
-    if not ti_ids:
+    if not tasks:
         return
     from airflow.utils.session import create_session
 
     try:
         with create_session() as session:
-            _record(session, ti_ids)
+            _record(session, tasks)
     except Exception:
         # The in-memory ledger is already correct; stale rows are removed by the next
         # restart's rebuild, which drops grants of tasks that are no longer running.
         log.exception("Could not record the end of %d Bistro tasks", len(ti_ids))
 
 
-def _record(session: Any, ti_ids: list[str]) -> None:
+def _record(session: Any, tasks: list[RunningTask]) -> None:
     from airflow.models.xcom import XComModel
 
-    grants = {row.ti_id: row for row in session.scalars(select(Grant).where(Grant.ti_id.in_(ti_ids)))}
+    ti_ids = [task.ti_id for task in tasks]
     states = repository.ti_states(session, ti_ids)
-    for ti_id, grant in grants.items():
+    for task in tasks:
         raw = session.scalar(
             select(XComModel.value).where(
-                XComModel.dag_id == grant.dag_id,
-                XComModel.task_id == grant.task_id,
-                XComModel.run_id == grant.run_id,
-                XComModel.map_index == grant.map_index,
+                XComModel.dag_id == task.dag_id,
+                XComModel.task_id == task.task_id,
+                XComModel.run_id == task.run_id,
+                XComModel.map_index == task.map_index,
                 XComModel.key == STATUS_KEY,
             )
         )
-        status = _status_from(raw, states.get(ti_id))
+        status = _status_from(raw, states.get(task.ti_id))
         repository.put_status(
-            session, grant.job, grant.node, status, dag_id=grant.dag_id, run_id=grant.run_id
+            session, task.job, task.node, status, dag_id=task.dag_id, run_id=task.run_id
         )
     repository.delete_grants(session, ti_ids)
 

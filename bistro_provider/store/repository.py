@@ -191,3 +191,20 @@ def read_published(session: Session, name: str) -> tuple[Any, float] | None:
     if row is None:
         return None
     return json.loads(row.body), row.updated_at
+
+
+ADMISSION_LOCK_ID = 0x42495354  # "BIST"
+"""PostgreSQL advisory lock key that serializes admission passes across schedulers."""
+
+
+def lock_admission(session: Session) -> None:
+    """Serialize admission passes of all schedulers sharing this database.
+
+    On PostgreSQL this takes a transaction-scoped advisory lock, released by the commit or
+    rollback that ends the pass, so it is never held across a task's life. SQLite allows
+    one writer at a time anyway, and the embedded default runs one scheduler.
+    """
+    from sqlalchemy import text
+
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADMISSION_LOCK_ID})

@@ -365,10 +365,10 @@ def test_executor_dispatches_only_admitted(executor_env, patch_snapshot) -> None
 
     executor.trigger_tasks(open_slots=8)
 
-    sent = sorted(w.ti.map_index for w in dispatched(executor_env))
-    assert sent == sorted(names.index(n) for n in ["db11", "db12", "db21"]) or sent == sorted(
-        names.index(n) for n in ["db11", "db13", "db21"]
-    ) or sent == sorted(names.index(n) for n in ["db12", "db13", "db21"])
+    sent = [names[w.ti.map_index] for w in dispatched(executor_env)]
+    assert len(sent) == 3
+    assert "db21" in sent
+    assert len([node for node in sent if node.startswith("db1")]) == 2
     assert len(executor.queued_tasks) == 1
     assert len(executor.admission.waiting) == 1
 
@@ -503,7 +503,9 @@ def test_executor_ten_thousand_waiting(executor_env, patch_snapshot, capsys) -> 
     queue_all(executor, [make_workload(index) for index in range(len(names))])
     assert executor.slots_available == 0
 
+    started = time.perf_counter()
     executor.trigger_tasks(open_slots=8)
+    trigger_seconds = time.perf_counter() - started
 
     assert len(dispatched(executor_env)) == 8
     assert len(executor.admission.waiting) == 10000 - 8
@@ -512,7 +514,8 @@ def test_executor_ten_thousand_waiting(executor_env, patch_snapshot, capsys) -> 
     granted = executor.admission.run_pass(10000, statuses={})
     elapsed = time.perf_counter() - started
     with capsys.disabled():
-        print(f"\nadmission pass over {10000 - 8} waiting tasks: {elapsed:.3f} s")
+        print(f"\ntrigger_tasks over 10000 queued tasks: {trigger_seconds:.3f} s")
+        print(f"admission pass over {10000 - 8} waiting tasks: {elapsed:.3f} s")
 
     assert len(granted) == 200 - 8
     assert len(executor.admission.ledger) == 200

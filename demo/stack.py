@@ -75,6 +75,9 @@ class AirflowStack:
     :param triggerer: also start ``airflow triggerer --skip-serve-logs``.
     :param dag_processor: also start ``airflow dag-processor`` (needed only when DAG files
         change while the stack runs).
+    :param scheduler: start ``airflow scheduler``; False runs the api-server alone, for
+        tests of the REST API against a database they seed themselves.
+    :param schedulers: how many scheduler processes to start (they share the database).
     :param startup_timeout: seconds to wait for the health endpoint.
     """
 
@@ -87,6 +90,7 @@ class AirflowStack:
         *,
         triggerer: bool = False,
         dag_processor: bool = False,
+        schedulers: int = 1,
         startup_timeout: float = 120.0,
     ) -> None:
         self.home = Path(home).resolve()
@@ -95,6 +99,7 @@ class AirflowStack:
         self.port = port if port is not None else free_port()
         self.triggerer = triggerer
         self.dag_processor = dag_processor
+        self.schedulers = schedulers
         self.startup_timeout = startup_timeout
         self.log_dir = self.home / "logs-stack"
         self.airflow = Path(sys.executable).parent / "airflow"
@@ -172,10 +177,11 @@ class AirflowStack:
         return self
 
     def _service_commands(self) -> list[tuple[str, list[str]]]:
-        commands = [
-            ("api-server", ["api-server"]),
-            ("scheduler", ["scheduler", "--skip-serve-logs"]),
-        ]
+        commands = [("api-server", ["api-server"])]
+        if self.scheduler:
+            commands.append(("scheduler", ["scheduler", "--skip-serve-logs"]))
+        for number in range(2, self.schedulers + 1):
+            commands.append((f"scheduler-{number}", ["scheduler", "--skip-serve-logs"]))
         if self.triggerer:
             commands.append(("triggerer", ["triggerer", "--skip-serve-logs"]))
         if self.dag_processor:

@@ -103,9 +103,18 @@ def nodes(args: Any) -> None:
     _emit(args, items, lines)
 
 
+def _read_running_file(path: str) -> Any:
+    """Return the parsed --running file; an unreadable file or invalid JSON exits with 2."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as exc:
+        print(f"error: --running {path}: cannot read it as JSON: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 def _running_holdings(config: Config, forest: Forest, path: str) -> dict[tuple[str, str], Holdings]:
-    with open(path, encoding="utf-8") as handle:
-        entries = json.load(handle)
+    entries = _read_running_file(path)
     if not isinstance(entries, list):
         _fail(f"{path}: expected a JSON list of {{job, node, holdings?}} objects")
     running: dict[tuple[str, str], Holdings] = {}
@@ -115,7 +124,13 @@ def _running_holdings(config: Config, forest: Forest, path: str) -> dict[tuple[s
             _fail(f"{path}[{index}]: expected an object with 'job' and 'node'")
         key = (str(entry["job"]), str(entry["node"]))
         if "holdings" in entry:
-            running[key] = holdings_from_json(entry["holdings"])
+            try:
+                running[key] = holdings_from_json(entry["holdings"])
+            except (KeyError, TypeError, ValueError) as exc:
+                _fail(
+                    f"{path}[{index}].holdings: invalid ({type(exc).__name__}: {exc}); expected "
+                    "a list of {level, node, resources} objects"
+                )
             continue
         job = config.jobs.get(key[0])
         if job is None:

@@ -9,7 +9,7 @@ has ``cron`` (a spec as `bistro_provider.nodes.cron_schedule` describes), ``life
 At fetch time ``now``, every match time t with ``now - lifetime < t <= now`` gives the node
 ``format(parent, t)`` under every parent node. The node is enabled when
 ``now - t < enabled_lifetime``. When several items match the same t, the node gets the
-union of their tags and is enabled only if every one of them says so. Nodes follow time
+union of their tags and is enabled only if it is enabled by every one of them. Nodes follow time
 order, oldest first. Times before 1970 are never produced, as in Bistro's epoch specs.
 
 Nodes change only when the forest is fetched again, so a schedule that fires every minute
@@ -83,7 +83,7 @@ class AddTimePrefs:
 
 @dataclass
 class TimeSlot:
-    """What the items that match one time say about its node."""
+    """The merged tags and enabled state of the node for one match time."""
 
     tags: set[str] = field(default_factory=set)
     enabled: bool = True

@@ -363,10 +363,10 @@ def _parse_values(
 ) -> list[int] | None:
     """Return `items` as integers in Bistro's numbering; names become their numbers."""
     low, high = FIELD_RANGES[key]
-    numbers = []
+    numbers: list[int] = []
     for item in items:
         number = _name_value(key, item) if isinstance(item, str) else item
-        if not _is_int(number) or not low <= number <= high:
+        if not isinstance(number, int) or isinstance(number, bool) or not low <= number <= high:
             names = " or names" if key in NAMES_BY_FIELD else ""
             message = (
                 f"must be integers {low}..{high}{names}, a list of them, a selector or a "
@@ -418,7 +418,7 @@ def _parse_years(value: Any, path: str, issues: list[ConfigIssue]) -> range | fr
 def _check_dst_fixes(
     value: Any, path: str, issues: list[ConfigIssue], warnings: list[ConfigIssue]
 ) -> None:
-    """Check Bistro's `dst_fixes`; warn when it asks for behaviour other than croniter's."""
+    """Check Bistro's `dst_fixes`, and warn when it requests behaviour other than croniter's."""
     if value is None:
         return
     known = DST_FORWARD | DST_REWIND

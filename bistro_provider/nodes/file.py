@@ -1,6 +1,6 @@
 """The `file` node source: nodes listed in a JSON or YAML file.
 
-The file holds one object with a ``nodes`` list::
+The file contains one object with a ``nodes`` list::
 
     {"nodes": [
       {"name": "h1", "parent": null, "level": "host", "enabled": true,

@@ -167,8 +167,8 @@ def _parse_item(item: Any, parent_names: list[str]) -> tuple[str, ChildSpec]:
         return parent_names[0], spec
     parent = item["parent"]
     if parent not in parent_names:
-        shown = ", ".join(repr(name) for name in parent_names[:10])
-        raise NodeFieldError(f"unknown parent {parent!r}; the parents are: {shown}")
+        listed = ", ".join(repr(name) for name in parent_names[:10])
+        raise NodeFieldError(f"unknown parent {parent!r}; the parents are: {listed}")
     return parent, spec
 
 

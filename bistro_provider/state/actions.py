@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from bistro_provider.core.status import BACKOFF_KINDS
-from bistro_provider.state.snapshot import BistroState, StateError
+from bistro_provider.state.snapshot import StateSnapshot, StateError
 from bistro_provider.store.models import AuditEntry, CapacityOverride, TaskStatusRow
 from bistro_provider.store.repository import GrantRecord
 
@@ -29,7 +29,7 @@ _NODE_HINT_COUNT = 5
 
 
 def record_audit(
-    state: BistroState, user: str, action: str, target: str, old: Any, new: Any
+    state: StateSnapshot, user: str, action: str, target: str, old: Any, new: Any
 ) -> None:
     """Add an audit row; values are stored as JSON text."""
     state.session.add(
@@ -48,7 +48,7 @@ def record_audit(
 
 
 def kill_task(
-    state: BistroState,
+    state: StateSnapshot,
     user: str,
     *,
     ti_id: str | None = None,
@@ -95,7 +95,7 @@ def kill_task(
 
 
 def _find_grant(
-    state: BistroState, ti_id: str | None, job: str | None, node: str | None
+    state: StateSnapshot, ti_id: str | None, job: str | None, node: str | None
 ) -> GrantRecord | None:
     if ti_id is not None:
         if job is not None or node is not None:
@@ -115,7 +115,7 @@ def _find_grant(
     return grant
 
 
-def _load_ti(state: BistroState, ti_id: str) -> Any:
+def _load_ti(state: StateSnapshot, ti_id: str) -> Any:
     from airflow.models.taskinstance import TaskInstance
 
     try:
@@ -128,7 +128,7 @@ def _load_ti(state: BistroState, ti_id: str) -> Any:
     return ti
 
 
-def _check_killable(state: BistroState, ti: Any, grant: GrantRecord | None) -> None:
+def _check_killable(state: StateSnapshot, ti: Any, grant: GrantRecord | None) -> None:
     if grant is None and not ti.dag_id.startswith(state.options.dag_id_prefix):
         raise StateError(
             f"task instance {ti.id} belongs to DAG {ti.dag_id!r}, which is not a Bistro job "
@@ -139,7 +139,7 @@ def _check_killable(state: BistroState, ti: Any, grant: GrantRecord | None) -> N
         raise StateError(f"task instance {ti.id} has already finished (state {current})", "conflict")
 
 
-def _latest_dag(state: BistroState, dag_id: str) -> Any:
+def _latest_dag(state: StateSnapshot, dag_id: str) -> Any:
     from airflow.models.dagbag import DBDagBag
 
     dag = DBDagBag(load_op_links=False).get_latest_version_of_dag(dag_id, session=state.session)
@@ -176,7 +176,7 @@ def _notify_failed(ti: Any) -> None:
 # -- forgive -------------------------------------------------------------------------------
 
 
-def forgive_job(state: BistroState, user: str, job_name: str) -> dict[str, Any]:
+def forgive_job(state: StateSnapshot, user: str, job_name: str) -> dict[str, Any]:
     """Forgive a job: its failed tasks may run again and backoffs restart from the first delay.
 
     Status rows ``failed`` become ``error_backoff`` with no wait, and backoff rows lose their
@@ -213,7 +213,7 @@ def forgive_job(state: BistroState, user: str, job_name: str) -> dict[str, Any]:
     }
 
 
-def _forgive_statuses(state: BistroState, job: str) -> tuple[int, int]:
+def _forgive_statuses(state: StateSnapshot, job: str) -> tuple[int, int]:
     failed = in_backoff = 0
     rows = state.session.scalars(select(TaskStatusRow).where(TaskStatusRow.job == job))
     for row in rows:
@@ -227,7 +227,7 @@ def _forgive_statuses(state: BistroState, job: str) -> tuple[int, int]:
     return failed, in_backoff
 
 
-def _clear_failed_instances(state: BistroState, dag_id: str) -> list[str]:
+def _clear_failed_instances(state: StateSnapshot, dag_id: str) -> list[str]:
     from airflow.models.taskinstance import TaskInstance, clear_task_instances
 
     from bistro_provider.dag_factory import TASK_ID
@@ -248,7 +248,7 @@ def _clear_failed_instances(state: BistroState, dag_id: str) -> list[str]:
 
 
 def set_capacity(
-    state: BistroState, user: str, level: str, node: str, resource: str, amount: int
+    state: StateSnapshot, user: str, level: str, node: str, resource: str, amount: int
 ) -> dict[str, Any]:
     """Set a live limit for one resource of one node; it wins over config and node sources.
 
@@ -281,7 +281,7 @@ def set_capacity(
 
 
 def clear_capacity(
-    state: BistroState, user: str, level: str, node: str, resource: str | None = None
+    state: StateSnapshot, user: str, level: str, node: str, resource: str | None = None
 ) -> dict[str, Any]:
     """Remove a node's live limit for `resource`, or all of its live limits when None.
 
@@ -310,7 +310,7 @@ def clear_capacity(
     return {"level": level, "node": node, "cleared": dict(sorted(cleared.items()))}
 
 
-def _check_level_and_resource(state: BistroState, level: str, resource: str | None) -> None:
+def _check_level_and_resource(state: StateSnapshot, level: str, resource: str | None) -> None:
     settings = state.require_config().settings
     if level not in settings.levels:
         raise StateError(f"unknown level {level!r}; defined levels: {', '.join(settings.levels)}")
@@ -325,7 +325,7 @@ def _check_level_and_resource(state: BistroState, level: str, resource: str | No
         )
 
 
-def _check_node(state: BistroState, level: str, node: str) -> None:
+def _check_node(state: StateSnapshot, level: str, node: str) -> None:
     """Reject data nodes that are not in the published forest; workers are not listed there."""
     settings = state.require_config().settings
     index = settings.level_index(level)
@@ -334,11 +334,11 @@ def _check_node(state: BistroState, level: str, node: str) -> None:
             f"the instance level has one node, {settings.instance_node_name!r}; got {node!r}",
             "not_found",
         )
-    if state.forest is None or not 0 < index < len(settings.levels) - 1:
+    if state.fetched_forest is None or not 0 < index < len(settings.levels) - 1:
         return
-    if state.forest.replicas(index, node):
+    if state.fetched_forest.replicas(index, node):
         return
-    names = state.forest.distinct_names(index)[:_NODE_HINT_COUNT]
+    names = state.fetched_forest.distinct_names(index)[:_NODE_HINT_COUNT]
     raise StateError(
         f"node {node!r} is not on level {level} in the published node list; nodes there "
         f"include: {', '.join(names) or 'none'}",

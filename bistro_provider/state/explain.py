@@ -8,33 +8,18 @@ executor's own reason for a queued task, the stored status and the job's depende
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, get_args
 
 from bistro_provider.core.filters import level_filter_accepts
 from bistro_provider.core.forest import Node
 from bistro_provider.core.model import Job
 from bistro_provider.core.resources import holdings_to_json
-from bistro_provider.state.snapshot import BistroState
+from bistro_provider.state.schemas import ExplainState
+from bistro_provider.state.snapshot import StateSnapshot
 from bistro_provider.state.tasks import TaskInfo, backoff_until, in_backoff, task_infos
 from bistro_provider.store.repository import StoredStatus
 
-EXPLAIN_STATES = (
-    "no_config",
-    "unknown_job",
-    "running",
-    "invalid_job",
-    "disabled_job",
-    "not_in_forest",
-    "node_disabled",
-    "filtered",
-    "waiting",
-    "done",
-    "failed",
-    "backoff",
-    "scheduling_disabled",
-    "dependency_not_done",
-    "ready",
-)
+EXPLAIN_STATES: tuple[str, ...] = get_args(ExplainState)
 
 
 def format_time(seconds: float | None) -> str:
@@ -44,7 +29,7 @@ def format_time(seconds: float | None) -> str:
     return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat(timespec="seconds")
 
 
-def explain(state: BistroState, job_name: str, node: str) -> dict[str, Any]:
+def explain(state: StateSnapshot, job_name: str, node: str) -> dict[str, Any]:
     """Return ``{job, node, state, reason, details}`` for the task of `job_name` on `node`.
 
     `state` is one of `EXPLAIN_STATES`; `reason` is a sentence for people; `details` holds
@@ -55,7 +40,7 @@ def explain(state: BistroState, job_name: str, node: str) -> dict[str, Any]:
     return {"job": job_name, "node": node, "state": state_name, "reason": reason, "details": details}
 
 
-def _explain(state: BistroState, job_name: str, node: str) -> tuple[str, str, dict[str, Any]]:
+def _explain(state: StateSnapshot, job_name: str, node: str) -> tuple[str, str, dict[str, Any]]:
     config = state.config
     if config is None:
         return "no_config", f"no Bistro config is available: {state.config_problem}", {}
@@ -81,7 +66,7 @@ def _explain(state: BistroState, job_name: str, node: str) -> tuple[str, str, di
 
 
 def _running(
-    state: BistroState, info: TaskInfo, details: dict[str, Any]
+    state: StateSnapshot, info: TaskInfo, details: dict[str, Any]
 ) -> tuple[str, str, dict[str, Any]]:
     grant = info.grant
     assert grant is not None
@@ -109,7 +94,7 @@ def _running(
     return "running", reason, details
 
 
-def _job_problem(job: Job, state: BistroState) -> tuple[str, str] | None:
+def _job_problem(job: Job, state: StateSnapshot) -> tuple[str, str] | None:
     if job.errors:
         errors = "; ".join(state.job_errors(job))
         return "invalid_job", f"job {job.name!r} has config errors and cannot run: {errors}"
@@ -119,12 +104,12 @@ def _job_problem(job: Job, state: BistroState) -> tuple[str, str] | None:
 
 
 def _not_in_forest(
-    state: BistroState, job: Job, node: str, details: dict[str, Any]
+    state: StateSnapshot, job: Job, node: str, details: dict[str, Any]
 ) -> tuple[str, str, dict[str, Any]]:
     level = details["level"]
-    if state.forest is None:
+    if state.fetched_forest is None:
         return "not_in_forest", "the executor has not published a node list yet", details
-    elsewhere = sorted({state.forest.levels[item.level] for item in state.forest.find(node)})
+    elsewhere = sorted({state.fetched_forest.levels[item.level] for item in state.fetched_forest.find(node)})
     if elsewhere:
         reason = (
             f"node {node!r} is on level {', '.join(elsewhere)}, but job {job.name!r} runs "
@@ -137,7 +122,7 @@ def _not_in_forest(
 
 
 def _node_and_status(
-    state: BistroState, job: Job, info: TaskInfo, details: dict[str, Any]
+    state: StateSnapshot, job: Job, info: TaskInfo, details: dict[str, Any]
 ) -> tuple[str, str, dict[str, Any]]:
     if info.eligibility == "disabled":
         disabled = _first_disabled(info.replicas[0])
@@ -164,7 +149,7 @@ def _node_and_status(
     return "ready", reason, details
 
 
-def _status_state(state: BistroState, job: Job, status: StoredStatus | None) -> tuple[str, str] | None:
+def _status_state(state: StateSnapshot, job: Job, status: StoredStatus | None) -> tuple[str, str] | None:
     if status is None:
         return None
     when = format_time(status.time)
@@ -188,7 +173,7 @@ def _first_disabled(node: Node) -> str:
     return node.name
 
 
-def _filter_reason(state: BistroState, job: Job, node: Node) -> str:
+def _filter_reason(state: StateSnapshot, job: Job, node: Node) -> str:
     levels = state.require_config().settings.levels
     for step in node.path_to_root():
         level = levels[step.level]
@@ -198,7 +183,7 @@ def _filter_reason(state: BistroState, job: Job, node: Node) -> str:
     return f"the job's filters reject node {node.name!r}"
 
 
-def _unfinished_dependencies(state: BistroState, job: Job, node: str) -> str:
+def _unfinished_dependencies(state: StateSnapshot, job: Job, node: str) -> str:
     parts = []
     config = state.require_config()
     for dependency in job.depends_on:

@@ -3,7 +3,7 @@
 The executor runs inside `airflow scheduler`, while the API server and the CLI are other
 processes, so they never ask the executor. They read the provider's tables instead: the
 ledger (`bistro_grant`), statuses, capacity overrides, the audit log, and the JSON documents
-the executor publishes (config, forest, errors, waiting tasks). `BistroState.load` reads
+the executor publishes (config, forest, errors, waiting tasks). `StateSnapshot.load` reads
 them once per request, and every view is computed from that one read.
 """
 
@@ -56,12 +56,12 @@ class Published:
 
 
 @dataclass
-class BistroState:
+class StateSnapshot:
     """The provider's tables and the executor's published documents, read at one moment.
 
     :param config: the effective config; None when none was published and
         `[bistro] config_file` cannot be loaded (`config_problem` says why).
-    :param forest: the last node list the executor fetched, or None before the first fetch.
+    :param fetched_forest: the last node list the executor fetched, or None before the first fetch.
     :param now: the time views compare backoff ends against, in seconds since the epoch.
     """
 
@@ -69,7 +69,7 @@ class BistroState:
     config: Config | None
     config_problem: str | None
     config_doc: dict[str, Any]
-    forest: Forest | None
+    fetched_forest: Forest | None
     published: dict[str, Published]
     grants: list[GrantRecord]
     ti_states: dict[str, str | None]
@@ -83,7 +83,7 @@ class BistroState:
     @classmethod
     def load(
         cls, session: Session, *, options: BistroOptions | None = None, now: float | None = None
-    ) -> BistroState:
+    ) -> StateSnapshot:
         """Read the tables through `session`; nothing is written."""
         options = options or BistroOptions.from_airflow()
         published = _read_published(session)
@@ -95,7 +95,7 @@ class BistroState:
             config=config,
             config_problem=problem,
             config_doc=config_doc,
-            forest=forest_from_json(forest_doc.body) if forest_doc else None,
+            fetched_forest=forest_from_json(forest_doc.body) if forest_doc else None,
             published=published,
             grants=grants,
             ti_states=_ti_states(session, [grant.ti_id for grant in grants]),
@@ -138,13 +138,13 @@ class BistroState:
         return dict(level_capacity(self.config.settings, node_capacity, self.overrides)(key))
 
     def _node_capacity(self, key: NodeKey) -> dict[NodeKey, dict[str, int]]:
-        if self.forest is None:
+        if self.fetched_forest is None:
             return {}
         try:
-            level = self.forest.level_index(key[0])
+            level = self.fetched_forest.level_index(key[0])
         except KeyError:
             return {}
-        for node in self.forest.replicas(level, key[1]):
+        for node in self.fetched_forest.replicas(level, key[1]):
             if node.capacity:
                 return {key: dict(node.capacity)}
         return {}

@@ -14,7 +14,7 @@ from bistro_provider.core import status as bits
 from bistro_provider.core.filters import task_eligibility
 from bistro_provider.core.forest import Node
 from bistro_provider.core.model import Job
-from bistro_provider.state.snapshot import BistroState
+from bistro_provider.state.snapshot import StateSnapshot
 from bistro_provider.store.repository import GrantRecord, StoredStatus
 
 PROGRESS_KEYS = (
@@ -77,7 +77,7 @@ def in_backoff(status: StoredStatus | None, now: float) -> bool:
     return until is not None and until > now
 
 
-def task_infos(state: BistroState, job: Job) -> list[TaskInfo]:
+def task_infos(state: StateSnapshot, job: Job) -> list[TaskInfo]:
     """Return every task of `job`: its level's nodes in fetch order, then admitted tasks on
     nodes that have left the forest."""
     settings = state.require_config().settings
@@ -86,9 +86,9 @@ def task_infos(state: BistroState, job: Job) -> list[TaskInfo]:
     waiting = state.waiting_by_task()
     infos = []
     seen = set()
-    if state.forest is not None and level < len(settings.levels) - 1:
-        for name in state.forest.distinct_names(level):
-            replicas = tuple(state.forest.replicas(level, name))
+    if state.fetched_forest is not None and level < len(settings.levels) - 1:
+        for name in state.fetched_forest.distinct_names(level):
+            replicas = tuple(state.fetched_forest.replicas(level, name))
             infos.append(
                 TaskInfo(
                     job.name,
@@ -131,7 +131,7 @@ def task_category(info: TaskInfo, now: float) -> str:
     return "backoff" if in_backoff(status, now) else "incomplete"
 
 
-def job_progress(state: BistroState, job: Job) -> dict[str, int]:
+def job_progress(state: StateSnapshot, job: Job) -> dict[str, int]:
     """Count the job's tasks per category, plus ``total``."""
     counts = dict.fromkeys(PROGRESS_KEYS, 0)
     for info in task_infos(state, job):
@@ -162,7 +162,7 @@ def status_bits(info: TaskInfo, now: float) -> int:
 
 
 def job_histogram(
-    state: BistroState, job: Job, num_samples: int = 0
+    state: StateSnapshot, job: Job, num_samples: int = 0
 ) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, list[str]]]]:
     """Return Bistro's histogram of `job`: per level, node counts by OR-ed status bits.
 
@@ -191,7 +191,7 @@ def job_histogram(
 
 
 def histogram(
-    state: BistroState, jobs: list[str] | None = None, num_samples: int = 0
+    state: StateSnapshot, jobs: list[str] | None = None, num_samples: int = 0
 ) -> dict[str, Any]:
     """Return the ``histogram`` answer of Bistro's monitor for `jobs` (all when empty).
 

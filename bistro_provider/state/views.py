@@ -1,4 +1,4 @@
-"""JSON-ready views of a `BistroState`: forest usage, jobs, running and waiting tasks, errors.
+"""JSON-ready views of a `StateSnapshot`: forest usage, jobs, running and waiting tasks, errors.
 
 Every view returns plain dicts and lists with every key present (None where a value is
 unknown), so the API and the CLI print the same JSON for the same state.
@@ -7,18 +7,19 @@ unknown), so the API and the CLI print the same JSON for the same state.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, get_args
 
 from sqlalchemy import select
 
 from bistro_provider.core.forest import Node
 from bistro_provider.core.model import Job
 from bistro_provider.core.resources import NodeKey, holdings_to_json
-from bistro_provider.state.snapshot import BistroState, StateError
+from bistro_provider.state.schemas import FillState
+from bistro_provider.state.snapshot import StateSnapshot, StateError
 from bistro_provider.state.tasks import job_histogram, job_progress
 from bistro_provider.store.models import AuditEntry
 
-FILL_STATES = ("free", "busy", "full", "over")
+FILL_STATES: tuple[str, ...] = get_args(FillState)
 """How full a node is. ``over``: some resource is used beyond its limit (the limit was
 lowered under running tasks). ``full``: some resource has nothing left. ``busy``: something
 is in use. ``free``: nothing is in use."""
@@ -42,7 +43,7 @@ def fill_state(capacity: dict[str, int], usage: dict[str, int]) -> str:
 
 
 def forest_view(
-    state: BistroState,
+    state: StateSnapshot,
     *,
     level: str | None = None,
     query: str | None = None,
@@ -59,7 +60,7 @@ def forest_view(
     """
     levels = _levels(state)
     _check_forest_filters(levels, level, fill, offset, limit)
-    rows = [_node_row(state, node) for node in (state.forest or ())]
+    rows = [_node_row(state, node) for node in (state.fetched_forest or ())]
     rows += _orphan_rows(state)
     selected = [row for row in rows if _matches(row, level, query, tag, fill)]
     end = None if limit is None else offset + limit
@@ -75,9 +76,9 @@ def forest_view(
     }
 
 
-def _levels(state: BistroState) -> list[str]:
-    if state.forest is not None:
-        return list(state.forest.levels)
+def _levels(state: StateSnapshot) -> list[str]:
+    if state.fetched_forest is not None:
+        return list(state.fetched_forest.levels)
     if state.config is not None:
         return list(state.config.settings.levels)
     return []
@@ -97,7 +98,7 @@ def _check_forest_filters(
         raise StateError(f"limit must be >= 0, got {limit}")
 
 
-def _usage_fields(state: BistroState, key: NodeKey) -> dict[str, Any]:
+def _usage_fields(state: StateSnapshot, key: NodeKey) -> dict[str, Any]:
     capacity = state.capacity(key)
     usage = state.usage(key)
     full_usage = {name: usage.get(name, 0) for name in capacity}
@@ -112,9 +113,9 @@ def _usage_fields(state: BistroState, key: NodeKey) -> dict[str, Any]:
     }
 
 
-def _node_row(state: BistroState, node: Node) -> dict[str, Any]:
-    assert state.forest is not None
-    level = state.forest.levels[node.level]
+def _node_row(state: StateSnapshot, node: Node) -> dict[str, Any]:
+    assert state.fetched_forest is not None
+    level = state.fetched_forest.levels[node.level]
     return {
         "name": node.name,
         "level": level,
@@ -127,11 +128,11 @@ def _node_row(state: BistroState, node: Node) -> dict[str, Any]:
     }
 
 
-def _orphan_rows(state: BistroState) -> list[dict[str, Any]]:
+def _orphan_rows(state: StateSnapshot) -> list[dict[str, Any]]:
     """Rows for nodes that admitted tasks still hold but that left the forest."""
     known = set()
-    if state.forest is not None:
-        known = {(state.forest.levels[node.level], node.name) for node in state.forest}
+    if state.fetched_forest is not None:
+        known = {(state.fetched_forest.levels[node.level], node.name) for node in state.fetched_forest}
     paths = {}
     for grant in state.grants:
         for name_index, name in enumerate(grant.path):
@@ -168,7 +169,7 @@ def _matches(
 # -- jobs ----------------------------------------------------------------------------------
 
 
-def jobs_view(state: BistroState) -> dict[str, Any]:
+def jobs_view(state: StateSnapshot) -> dict[str, Any]:
     """Return every job of the effective config with its progress and histograms."""
     if state.config is None:
         return {"config_problem": state.config_problem, "jobs": []}
@@ -176,7 +177,7 @@ def jobs_view(state: BistroState) -> dict[str, Any]:
     return {"config_problem": None, "jobs": jobs}
 
 
-def job_view(state: BistroState, job: Job) -> dict[str, Any]:
+def job_view(state: StateSnapshot, job: Job) -> dict[str, Any]:
     """Return one job: effective config, errors, progress per category and histograms."""
     settings = state.require_config().settings
     valid = not job.errors
@@ -201,7 +202,7 @@ def job_view(state: BistroState, job: Job) -> dict[str, Any]:
 # -- tasks ---------------------------------------------------------------------------------
 
 
-def running_view(state: BistroState) -> dict[str, Any]:
+def running_view(state: StateSnapshot) -> dict[str, Any]:
     """Return every admitted task with what it holds and its Airflow state."""
     tasks = []
     for grant in sorted(state.grants, key=lambda item: (item.job, item.node, item.ti_id)):
@@ -226,7 +227,7 @@ def running_view(state: BistroState) -> dict[str, Any]:
     return {"tasks": tasks}
 
 
-def waiting_view(state: BistroState) -> dict[str, Any]:
+def waiting_view(state: StateSnapshot) -> dict[str, Any]:
     """Return the queued tasks the executor holds back, with the reason each one waits."""
     document = state.published.get("waiting")
     tasks = []
@@ -252,7 +253,7 @@ def waiting_view(state: BistroState) -> dict[str, Any]:
     }
 
 
-def errors_view(state: BistroState) -> dict[str, Any]:
+def errors_view(state: StateSnapshot) -> dict[str, Any]:
     """Return config, node-source and job errors, with where and when they were found."""
     document = state.published.get("errors")
     body = state.errors_doc()
@@ -275,7 +276,7 @@ def errors_view(state: BistroState) -> dict[str, Any]:
     }
 
 
-def audit_view(state: BistroState, limit: int = 100) -> dict[str, Any]:
+def audit_view(state: StateSnapshot, limit: int = 100) -> dict[str, Any]:
     """Return the newest `limit` audit entries, newest first.
 
     :raises StateError: when `limit` is outside 1..10000.

@@ -17,8 +17,12 @@ import pytest
 from bistro_provider.core.errors import NodeSourceError
 from bistro_provider.core.forest import Forest
 from bistro_provider.core.model import NodeSourceSpec, Settings
-from bistro_provider.nodes import add_time, fetch_forest, source_prefs_warnings
-from bistro_provider.nodes import validate_source_prefs
+from bistro_provider.nodes import (
+    add_time,
+    fetch_forest,
+    source_prefs_warnings,
+    validate_source_prefs,
+)
 
 LEVELS = ("instance", "host", "time", "worker")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -118,7 +122,7 @@ def test_same_time_from_two_items_merges() -> None:
     assert nodes["h1:300"].tags == frozenset({"a"})
     assert nodes["h1:600"].tags == frozenset({"a", "b"})
     assert nodes["h1:900"].tags == frozenset({"a", "b"})
-    # The second item says t = 600 is disabled (1000 - 600 >= 350), so the node is disabled.
+    # The second item disables t = 600 (1000 - 600 >= 350), so the merged node is disabled.
     assert nodes["h1:600"].enabled is False
     assert nodes["h1:900"].enabled is True
     assert nodes["h1:300"].enabled is True
@@ -344,11 +348,11 @@ def test_too_many_epoch_times_fails() -> None:
         fetch_times(time_prefs(item), now=10**6)
 
 
-def test_max_epoch_times_allowed() -> None:
-    item = epoch_item({"period": 1}, add_time.MAX_TIMES_PER_PARENT)
-    forest = fetch_times(time_prefs(item), now=10**6)
+def test_max_epoch_times_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(add_time, "MAX_TIMES_PER_PARENT", 50)
+    forest = fetch_times(time_prefs(epoch_item({"period": 1}, 50)), now=10**6)
 
-    assert len(forest.nodes("time")) == add_time.MAX_TIMES_PER_PARENT
+    assert len(forest.nodes("time")) == 50
 
 
 def test_too_many_standard_times_fails(monkeypatch: pytest.MonkeyPatch) -> None:

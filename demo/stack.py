@@ -75,9 +75,8 @@ class AirflowStack:
     :param triggerer: also start ``airflow triggerer --skip-serve-logs``.
     :param dag_processor: also start ``airflow dag-processor`` (needed only when DAG files
         change while the stack runs).
-    :param scheduler: start ``airflow scheduler``; False runs the api-server alone, for
-        tests of the REST API against a database they seed themselves.
-    :param schedulers: how many scheduler processes to start (they share the database).
+    :param schedulers: how many scheduler processes to start (they share the database); 0
+        runs the api-server alone, for tests of the REST API that seed the database themselves.
     :param startup_timeout: seconds to wait for the health endpoint.
     """
 
@@ -178,7 +177,7 @@ class AirflowStack:
 
     def _service_commands(self) -> list[tuple[str, list[str]]]:
         commands = [("api-server", ["api-server"])]
-        if self.scheduler:
+        if self.schedulers >= 1:
             commands.append(("scheduler", ["scheduler", "--skip-serve-logs"]))
         for number in range(2, self.schedulers + 1):
             commands.append((f"scheduler-{number}", ["scheduler", "--skip-serve-logs"]))

@@ -386,7 +386,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         message = f"not UTF-8 text: invalid byte at offset {exc.start}"
         raise ConfigError([ConfigIssue(origin, message)]) from exc
     fmt = "yaml" if Path(path).suffix.lower() in (".yaml", ".yml") else "json"
-    return _build_config(_decode_text(text, origin, fmt), origin)
+    config_dir = str(Path(path).resolve().parent)
+    return _build_config(_decode_text(text, origin, fmt), origin, config_dir)
 
 
 def _decode_text(text: str, origin: str, fmt: str) -> Any:
@@ -419,7 +420,7 @@ def _load_yaml(text: str, origin: str, label: str) -> Any:
         raise ConfigError([ConfigIssue(origin, f"{label}: {exc}")]) from exc
 
 
-def _build_config(data: Any, origin: str) -> Config:
+def _build_config(data: Any, origin: str, config_dir: str | None = None) -> Config:
     if not isinstance(data, dict):
         message = f"must be an object with {SETTINGS_KEY} and {JOB_PREFIX}NAME keys"
         raise ConfigError([ConfigIssue(origin, f"{message}, got {_describe(data)}")])
@@ -434,6 +435,7 @@ def _build_config(data: Any, origin: str) -> Config:
             )
             check.warn(str(key), message)
     settings = _parse_settings(data.get(SETTINGS_KEY, _MISSING), check)
+    settings = _check_node_sources(settings, check, config_dir)
     warnings = list(check.warnings)
     jobs: dict[str, Job] = {}
     for name, value in job_values.items():
@@ -441,6 +443,20 @@ def _build_config(data: Any, origin: str) -> Config:
         jobs[name] = _parse_job(name, value, settings, frozenset(job_values), job_check)
         warnings.extend(job_check.warnings)
     return Config(settings, _add_cycle_errors(jobs), tuple(warnings))
+
+
+def _check_node_sources(settings: Settings, check: _Checker, config_dir: str | None) -> Settings:
+    """Check each node source's prefs without running it, and record the config file's
+    directory, against which the sources resolve relative paths."""
+    from bistro_provider.nodes.registry import source_prefs_warnings, validate_source_prefs
+
+    issues = []
+    for spec in settings.node_sources:
+        issues.extend(validate_source_prefs(spec, settings))
+        check.warnings.extend(source_prefs_warnings(spec, settings))
+    if issues:
+        raise ConfigError(issues)
+    return replace(settings, config_dir=config_dir)
 
 
 # --- settings ---------------------------------------------------------------------------

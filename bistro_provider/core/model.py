@@ -144,6 +144,8 @@ class Settings:
     kill_subprocess: dict[str, Any] = field(default_factory=dict)
     task_subprocess: dict[str, Any] = field(default_factory=dict)
     instance_node_name: str = "instance"
+    config_dir: str | None = field(default=None, compare=False)
+    """Directory of the config file; relative paths in node-source prefs resolve there."""
 
     def level_index(self, level: str) -> int:
         return self.levels.index(level)

@@ -42,9 +42,10 @@ def record_endings(admission: AdmissionController, ended: list[tuple[Any, Any, s
         with create_session() as session:
             _record(session, tasks)
     except Exception:
-        # The in-memory ledger is already correct; stale rows are removed by the next
-        # restart's rebuild, which drops grants of tasks that are no longer running.
-        log.exception("Could not record the end of %d Bistro tasks", len(ti_ids))
+        # The grant row stays behind, so the next pass takes its resources again from the
+        # database. The periodic grant check then releases and deletes it, because the task
+        # instance is no longer queued or running.
+        log.exception("Could not record the end of %d Bistro tasks", len(tasks))
 
 
 def _record(session: Any, tasks: list[RunningTask]) -> None:

@@ -118,8 +118,12 @@ def _run_source(
     fn: NodeSource, forest: Forest, spec: NodeSourceSpec, context: FetchContext, label: str
 ) -> None:
     before = len(forest)
+    prefs = dict(spec.prefs)
+    config_dir = context.settings.config_dir
+    if config_dir is not None:
+        prefs.setdefault("__config_dir__", config_dir)
     try:
-        fn(forest, dict(spec.prefs), context)
+        fn(forest, prefs, context)
     except Exception as exc:
         raise NodeSourceError(label, _describe(exc)) from exc
     log.debug("Node source %s added %d nodes", label, len(forest) - before)

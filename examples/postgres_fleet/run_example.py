@@ -49,6 +49,8 @@ DAG_ID = f"bistro_{JOB_NAME}"
 HOST_LIMIT = 2
 DB_LIMIT = 1
 
+log = logging.getLogger(__name__)
+
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -83,6 +85,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.clusters < 1 or args.worker_processes < 1:
         parser.error("--clusters and --worker-processes must be at least 1")
+    if not 1 <= args.min_dbs <= args.max_dbs:
+        parser.error(f"--min-dbs {args.min_dbs} --max-dbs {args.max_dbs}: need 1 <= min <= max")
     return args
 
 
@@ -131,7 +135,6 @@ def run_dag(
     started = time.monotonic()
     try:
         run_id = stack.trigger(DAG_ID)
-        logging.info("Triggered %s run %s", DAG_ID, run_id)
         try:
             state = stack.wait_for_run(
                 DAG_ID,
@@ -142,7 +145,7 @@ def run_dag(
                 progress_interval=5.0,
             )
         except TimeoutError as exc:
-            logging.error("%s", exc)
+            log.error("%s", exc)
             state = "timed_out"
     finally:
         sampler.stop()
@@ -155,7 +158,8 @@ def read_records(directory: Path) -> list[dict[str, Any]]:
     """Return the JSON records of ``directory/*.json``, sorted by file name."""
     if not directory.is_dir():
         return []
-    return [json.loads(path.read_text(encoding="utf-8")) for path in sorted(directory.glob("*.json"))]
+    paths = sorted(directory.glob("*.json"))
+    return [json.loads(path.read_text(encoding="utf-8")) for path in paths]
 
 
 def write_report(out: Path) -> Path:
@@ -225,11 +229,11 @@ def run_with_fleet(args: argparse.Namespace, fleet: PgFleet) -> int:
     config_path = workdir / "bistro.json"
     config = bistro_config(ports_file, out, args.hold_seconds)
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    logging.info("Clusters: %s", json.dumps(fleet.summary()))
+    log.info("Clusters: %s", json.dumps(fleet.summary()))
 
     env = stack_environment(config_path, args.worker_processes)
     stack = AirflowStack(workdir / "airflow", REPO_ROOT / "dags", env)
-    logging.info("Starting Airflow in %s on %s", stack.home, stack.base_url)
+    log.info("Starting Airflow in %s on %s", stack.home, stack.base_url)
     sampler = ActivitySampler(fleet.ports)
     with stack:
         run_state, mapped, wall = run_dag(stack, sampler, args.timeout)
@@ -238,9 +242,9 @@ def run_with_fleet(args: argparse.Namespace, fleet: PgFleet) -> int:
     result = summarize(mapped, sampler, out, wall)
     reasons = failures(result, run_state, fleet.db_count, leftovers)
     for reason in reasons:
-        logging.error("FAILED: %s", reason)
+        log.error("FAILED: %s", reason)
     if reasons:
-        logging.error("Airflow logs: %s", stack.log_dir)
+        log.error("Airflow logs: %s", stack.log_dir)
     print(json.dumps(result), flush=True)
     return 1 if reasons else 0
 
@@ -251,7 +255,11 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir / name, ignore_errors=True)
     workdir.mkdir(parents=True, exist_ok=True)
     made_cluster_dir = args.cluster_dir is None
-    cluster_dir = Path(tempfile.mkdtemp(prefix="bistro-pg-")) if made_cluster_dir else args.cluster_dir
+    cluster_dir = args.cluster_dir
+    if cluster_dir is None:
+        # A new directory under the system temporary directory, which the postgres OS
+        # user can reach once PgFleet hands the directory over to it.
+        cluster_dir = Path(tempfile.mkdtemp(prefix="bistro-pg-"))
     fleet = PgFleet(cluster_dir, args.clusters, min_dbs=args.min_dbs, max_dbs=args.max_dbs)
     try:
         fleet.start()
@@ -279,13 +287,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except KeyboardInterrupt:
-        logging.error("Interrupted; Airflow and the clusters were stopped")
+        log.error("Interrupted; Airflow and the clusters were stopped")
         return 130
-    except (ClusterError, ValueError) as exc:
-        logging.error("PostgreSQL clusters failed: %s", exc)
+    except ClusterError as exc:
+        log.error("PostgreSQL clusters failed: %s", exc)
         return 1
     except StackError as exc:
-        logging.error("Airflow failed: %s", exc)
+        log.error("Airflow failed: %s", exc)
         return 1
 
 

@@ -31,7 +31,7 @@ ROUND_ROBIN_ORDER = [
 
 
 def two_host_config(**extra_jobs: Any) -> dict[str, Any]:
-    """Two hosts of two databases; host limit 2, database limit 1; job1 and job2."""
+    """Return two hosts of two databases (host limit 2, database limit 1) and two jobs."""
     config: dict[str, Any] = {
         "bistro_settings": {
             "enabled": True,
@@ -102,7 +102,7 @@ def namespace(**values: Any) -> argparse.Namespace:
 
 
 def call(command: Any, capsys: pytest.CaptureFixture[str], **values: Any) -> tuple[int, str, str]:
-    """Run a command function; return its exit code, stdout and stderr."""
+    """Run a command function and return its exit code, stdout and stderr."""
     code = 0
     try:
         command(namespace(**values))
@@ -121,9 +121,7 @@ def test_cli_validate_valid_exits_zero(airflow_home: Path, valid_config: str) ->
     assert result.stdout.strip().endswith(f"{valid_config}: valid")
 
 
-def test_cli_validate_lists_errors_with_key_paths(
-    airflow_home: Path, invalid_config: str
-) -> None:
+def test_cli_validate_lists_errors_with_key_paths(airflow_home: Path, invalid_config: str) -> None:
     result = run_cli(airflow_home, "validate", "--config", invalid_config)
     assert result.returncode == 1, result.stderr
     lines = result.stdout.splitlines()
@@ -258,9 +256,7 @@ def test_nodes_failed_source_exits_one(tmp_path: Path, capsys) -> None:
     config = two_host_config()
     script = {"parent_level": "db", "script": str(tmp_path / "no-such-script")}
     config["bistro_settings"]["nodes"]["levels"].append("table")
-    config["bistro_settings"]["nodes"]["node_sources"].append(
-        {"source": "script", "prefs": script}
-    )
+    config["bistro_settings"]["nodes"]["node_sources"].append({"source": "script", "prefs": script})
     path = write_json(tmp_path / "bistro.json", config)
     code, _out, err = call(commands.nodes, capsys, config=path)
     assert code == 1
@@ -275,9 +271,7 @@ def test_plan_text_numbers_each_start(valid_config: str, capsys) -> None:
     assert lines[-1] == "4 task(s) would start"
 
 
-def test_plan_running_with_explicit_holdings(
-    valid_config: str, tmp_path: Path, capsys
-) -> None:
+def test_plan_running_with_explicit_holdings(valid_config: str, tmp_path: Path, capsys) -> None:
     holdings = [{"level": "host", "node": "host1", "resources": {"host_concurrency": 2}}]
     running = write_json(
         tmp_path / "running.json", [{"job": "job2", "node": "db11", "holdings": holdings}]
@@ -293,9 +287,17 @@ def test_plan_running_with_explicit_holdings(
     ("entries", "expected"),
     [
         pytest.param({"job": "job1"}, "expected a JSON list", id="not-a-list"),
-        pytest.param([{"job": "job1"}], "[0]: expected an object with 'job' and 'node'", id="no-node"),
-        pytest.param([{"job": "nope", "node": "db11"}], "[0].job: unknown job 'nope'", id="unknown-job"),
-        pytest.param([{"job": "job1", "node": "host1"}], "[0].node: node 'host1' is not on level db", id="wrong-level"),
+        pytest.param(
+            [{"job": "job1"}], "[0]: expected an object with 'job' and 'node'", id="no-node"
+        ),
+        pytest.param(
+            [{"job": "nope", "node": "db11"}], "[0].job: unknown job 'nope'", id="unknown-job"
+        ),
+        pytest.param(
+            [{"job": "job1", "node": "host1"}],
+            "[0].node: node 'host1' is not on level db",
+            id="wrong-level",
+        ),
     ],
 )
 def test_plan_invalid_running_file_exits_one(
@@ -317,9 +319,7 @@ def test_plan_malformed_running_file_fails_cleanly(
     assert str(running) in err
 
 
-def test_plan_malformed_holdings_fail_cleanly(
-    valid_config: str, tmp_path: Path, capsys
-) -> None:
+def test_plan_malformed_holdings_fail_cleanly(valid_config: str, tmp_path: Path, capsys) -> None:
     entries = [{"job": "job1", "node": "db11", "holdings": [{"level": "host"}]}]
     running = write_json(tmp_path / "running.json", entries)
     code, _out, err = call(commands.plan, capsys, config=valid_config, running=running)

@@ -1,9 +1,10 @@
 """AdmissionController and BistroExecutor with real workloads, no worker processes, no DB.
 
 Workloads are real `ExecuteTask` models. The run's node list, which the executor reads
-from the snapshot task's XCom, is patched in; sessions are MagicMocks; and
-`LocalExecutor._process_workloads` is replaced by a function that only takes the
-workloads off `queued_tasks`, as the real one does before it hands them to the workers.
+from the snapshot task's XCom, is patched in, and sessions are MagicMocks. The grant rows
+live in a dict. `LocalExecutor._process_workloads` is replaced by a function that only
+takes the workloads off `queued_tasks`, as the real one does before it hands them to the
+worker processes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from bistro_provider.core.live import LiveForest
 from bistro_provider.core.status import TaskStatus
 from bistro_provider.executors.admission import AdmissionController, Granted
 from bistro_provider.executors.bistro_executor import BistroExecutor
+from bistro_provider.executors.endings import record_endings
+from bistro_provider.store import repository
 
 HOSTS = {"host1": ["db11", "db12", "db13"], "host2": ["db21", "db22"]}
 DAG_VERSION = uuid.uuid4()
@@ -46,7 +49,11 @@ def write_config(
     data: dict[str, Any] = {
         "bistro_settings": {
             "enabled": enabled,
-            "nodes": {"levels": ["host", "db"], "node_order": "lexicographic", "node_sources": sources},
+            "nodes": {
+                "levels": ["host", "db"],
+                "node_order": "lexicographic",
+                "node_sources": sources,
+            },
             "resources": {
                 "host": {"host_concurrency": {"limit": 2, "default": 1}},
                 "db": {"db_concurrency": {"limit": db_limit, "default": 1}},
@@ -66,7 +73,9 @@ def live_forest(path: str) -> LiveForest:
     return live
 
 
-def snapshot_of(live: LiveForest, *extra: tuple[str, ...]) -> tuple[list[str], dict[str, list[str]]]:
+def snapshot_of(
+    live: LiveForest, *extra: tuple[str, ...]
+) -> tuple[list[str], dict[str, list[str]]]:
     """Return what the snapshot task records: sorted db names and each db's path.
 
     :param extra: paths of nodes the snapshot saw that the live forest no longer has.
@@ -142,7 +151,7 @@ def hold_host(controller: AdmissionController, host: str, amount: int = 2) -> No
 # --- AdmissionController ----------------------------------------------------------------
 
 
-def test_fitting_task_starts_despite_blocked_higher_priority(tmp_path, patch_snapshot) -> None:
+def test_no_head_of_line_blocking(tmp_path, patch_snapshot) -> None:
     live = live_forest(write_config(tmp_path / "bistro.json"))
     names, paths = snapshot_of(live)
     patch_snapshot((names, paths))
@@ -166,10 +175,10 @@ def test_free_slots_bound_starts(tmp_path, patch_snapshot) -> None:
     granted = controller.run_pass(2, statuses={})
 
     assert len(granted) == 2
-    held = set(controller.ledger.holders())
-    assert held == {item.task.ti_id for item in granted}
+    holders = set(controller.ledger.holders())
+    assert holders == {item.task.ti_id for item in granted}
     for task in controller.waiting.values():
-        if task.ti_id not in held:
+        if task.ti_id not in holders:
             assert task.reason in ("no worker available", "not tried this pass"), task.node
 
 
@@ -221,7 +230,7 @@ def test_dependent_job_waits_until_dependency_done(tmp_path, patch_snapshot) -> 
     assert granted_nodes(controller.run_pass(8, statuses=done)) == ["db11"]
 
 
-def test_capacity_override_lowering_limit_admits_nothing_there(tmp_path, patch_snapshot) -> None:
+def test_lowered_override_blocks_node(tmp_path, patch_snapshot) -> None:
     live = live_forest(write_config(tmp_path / "bistro.json"))
     names, paths = snapshot_of(live)
     patch_snapshot((names, paths))
@@ -289,7 +298,7 @@ def test_unread_snapshot_keeps_task_unresolved(tmp_path, patch_snapshot) -> None
     assert controller.waiting == {}
 
 
-def test_map_index_outside_snapshot_runs_without_resources(tmp_path, patch_snapshot) -> None:
+def test_map_index_outside_snapshot_is_plain(tmp_path, patch_snapshot) -> None:
     live = live_forest(write_config(tmp_path / "bistro.json"))
     names, paths = snapshot_of(live)
     patch_snapshot((names, paths))
@@ -304,7 +313,7 @@ def test_map_index_outside_snapshot_runs_without_resources(tmp_path, patch_snaps
 
 
 class FakeJWT:
-    """Stands in for the executor's JWT generator; tokens name the subject they were for."""
+    """Fake JWT generator whose tokens name the subject they were minted for."""
 
     def generate(self, extras: dict[str, Any], valid_for: float) -> str:
         return f"fresh-token-for-{extras['sub']}"
@@ -316,9 +325,26 @@ def take_off_queue(executor: BistroExecutor, workloads: list[Any]) -> None:
         executor.queued_callbacks.pop(workload.key, None)
 
 
+class FakeGrantTable:
+    """The grant rows of the metadata database, kept in a dict."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, repository.GrantRecord] = {}
+
+    def add_grant(self, session: Any, record: repository.GrantRecord) -> None:
+        self.rows[record.ti_id] = record
+
+    def load_grants(self, session: Any) -> list[repository.GrantRecord]:
+        return list(self.rows.values())
+
+    def delete_grants(self, session: Any, ti_ids: Any) -> int:
+        return sum(self.rows.pop(ti_id, None) is not None for ti_id in ti_ids)
+
+
 @pytest.fixture
 def executor_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mocker: Any) -> Iterator[Any]:
-    """Patch Airflow's config, the DB session, XCom writes and the worker hand-off."""
+    """Patch Airflow's config, the DB session, grant rows, XCom writes and the worker
+    hand-off."""
     path = write_config(tmp_path / "bistro.json")
     monkeypatch.setenv("AIRFLOW__BISTRO__CONFIG_FILE", path)
     monkeypatch.setenv("AIRFLOW__BISTRO__WORKER_PROCESSES", "8")
@@ -329,11 +355,20 @@ def executor_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mocker: Any) -
     mocker.patch("bistro_provider.executors.bistro_executor.create_session", context)
     mocker.patch("airflow.utils.session.create_session", context)
     xcom_set = mocker.patch("airflow.models.xcom.XComModel.set")
+    grants = FakeGrantTable()
+    for name in ("add_grant", "load_grants", "delete_grants"):
+        mocker.patch.object(repository, name, side_effect=getattr(grants, name))
     process = mocker.patch.object(
         LocalExecutor, "_process_workloads", autospec=True, side_effect=take_off_queue
     )
     mocker.patch.object(LocalExecutor, "_check_workers", autospec=True)
-    yield {"path": path, "session": session, "xcom_set": xcom_set, "process": process}
+    yield {
+        "path": path,
+        "session": session,
+        "xcom_set": xcom_set,
+        "process": process,
+        "grants": grants,
+    }
 
 
 def make_executor(path: str) -> BistroExecutor:
@@ -341,8 +376,8 @@ def make_executor(path: str) -> BistroExecutor:
     executor.admission.live = live_forest(path)
     executor.jwt_generator = FakeJWT()
     executor.result_queue = queue.SimpleQueue()
-    # Keep sync() to its endings work: the periodic publishing and grant checks have
-    # their own tests and would only see MagicMock sessions here.
+    # Limit sync() to reading task endings, because the periodic publishing and grant
+    # checks would only see MagicMock sessions here.
     executor._next_sync = float("inf")
     executor._next_reconcile = float("inf")
     return executor
@@ -424,7 +459,24 @@ def test_executor_slots_count_dispatched_and_waiting(executor_env, patch_snapsho
     assert executor.slots_available == 10000 - 1
 
 
-def test_executor_release_admits_next_waiting(executor_env, patch_snapshot) -> None:
+def end_through_worker(executor: BistroExecutor, key: Any) -> None:
+    """Report an end the way a LocalExecutor worker process does: on the result queue."""
+    executor.result_queue.put((key, TaskInstanceState.SUCCESS, None))
+
+
+def end_through_scheduler(executor: BistroExecutor, key: Any) -> None:
+    """Report an end the way the scheduler does for a task it gave up on."""
+    executor.change_state(key, TaskInstanceState.SUCCESS)
+
+
+@pytest.mark.parametrize(
+    "report_end",
+    [
+        pytest.param(end_through_worker, id="worker-result"),
+        pytest.param(end_through_scheduler, id="change-state"),
+    ],
+)
+def test_executor_release_admits_next_waiting(executor_env, patch_snapshot, report_end) -> None:
     executor = make_executor(executor_env["path"])
     names, paths = snapshot_of(executor.admission.live)
     patch_snapshot((names, paths))
@@ -436,7 +488,7 @@ def test_executor_release_admits_next_waiting(executor_env, patch_snapshot) -> N
     executor.trigger_tasks(open_slots=8)
     assert len(dispatched(executor_env)) == 2
 
-    executor.result_queue.put((first[0].key, TaskInstanceState.SUCCESS, None))
+    report_end(executor, first[0].key)
     executor.sync()
 
     assert first[0].ti.id not in {uuid.UUID(h) for h in executor.admission.ledger.holders()}
@@ -465,10 +517,12 @@ def test_executor_plain_tasks_need_no_admission(executor_env, patch_snapshot) ->
     read.assert_not_called()
 
 
-def test_requeued_key_waits_for_previous_try_to_end(executor_env, patch_snapshot) -> None:
-    """A rescheduled try keeps its task instance id and key; the scheduler may queue it
-    again before the executor has read the end of the previous run. With a db limit of 2
-    nothing but the holder id tells the two runs apart."""
+def test_requeued_try_waits_for_previous_end(executor_env, patch_snapshot) -> None:
+    """A rescheduled try keeps its task instance id and key, and the scheduler may queue
+    it again before the executor has read the end of the previous run.
+
+    The db limit of 2 leaves room for both runs, so only the holder id tells them apart.
+    """
     path = write_config(Path(executor_env["path"]), db_limit=2)
     executor = make_executor(path)
     names, paths = snapshot_of(executor.admission.live)
@@ -519,3 +573,77 @@ def test_executor_ten_thousand_waiting(executor_env, patch_snapshot, capsys) -> 
 
     assert len(granted) == 200 - 8
     assert len(executor.admission.ledger) == 200
+
+
+def grant_record(ti_id: str, holdings: dict[Any, dict[str, int]]) -> repository.GrantRecord:
+    return repository.GrantRecord(
+        ti_id=ti_id,
+        dag_id="bistro_job1",
+        task_id="run",
+        run_id="other-scheduler-run",
+        map_index=0,
+        try_number=1,
+        job="job1",
+        node="db11",
+        path=("instance", "host1", "db11"),
+        holdings=holdings,
+        worker="worker2",
+        granted_at=0.0,
+        owner="other-host:1",
+    )
+
+
+def test_executor_writes_and_deletes_grant_rows(executor_env, patch_snapshot) -> None:
+    executor = make_executor(executor_env["path"])
+    names, paths = snapshot_of(executor.admission.live)
+    patch_snapshot((names, paths))
+    [workload] = workloads_for(names, ["db21"])
+    queue_all(executor, [workload])
+
+    executor.trigger_tasks(open_slots=8)
+
+    rows = executor_env["grants"].rows
+    assert list(rows) == [str(workload.ti.id)]
+    assert rows[str(workload.ti.id)].holdings == {
+        ("host", "host2"): {"host_concurrency": 1},
+        ("db", "db21"): {"db_concurrency": 1},
+    }
+
+    executor.result_queue.put((workload.key, TaskInstanceState.FAILED, None))
+    executor.sync()
+
+    assert rows == {}
+    assert len(executor.admission.ledger) == 0
+
+
+def test_executor_counts_other_schedulers_grants(executor_env, patch_snapshot) -> None:
+    executor = make_executor(executor_env["path"])
+    names, paths = snapshot_of(executor.admission.live)
+    patch_snapshot((names, paths))
+    other = grant_record(str(uuid.uuid4()), {("host", "host1"): {"host_concurrency": 2}})
+    executor_env["grants"].rows[other.ti_id] = other
+    queue_all(executor, workloads_for(names, ["db11", "db21"]))
+
+    executor.trigger_tasks(open_slots=8)
+
+    assert [names[w.ti.map_index] for w in dispatched(executor_env)] == ["db21"]
+    reason = executor.admission.waiting_reasons()[("job1", "db11")]
+    assert reason == "waiting for host 'host1': host_concurrency needs 1, 2/2 in use"
+
+
+def test_record_endings_survives_failed_write(tmp_path, patch_snapshot, mocker) -> None:
+    live = live_forest(write_config(tmp_path / "bistro.json"))
+    names, paths = snapshot_of(live)
+    patch_snapshot((names, paths))
+    [workload] = workloads_for(names, ["db11"])
+    controller = controller_with(live, names, [workload])
+    granted = controller.run_pass(1, statuses={})
+    mocker.patch("airflow.models.xcom.XComModel.set")
+    controller.commit(granted, MagicMock(), statuses={})
+    failing = mocker.patch("airflow.utils.session.create_session")
+    failing.return_value.__enter__.side_effect = RuntimeError("database is locked")
+
+    record_endings(controller, [(workload.key, TaskInstanceState.SUCCESS, str(workload.ti.id))])
+
+    assert len(controller.ledger) == 0
+    assert controller.running == {}

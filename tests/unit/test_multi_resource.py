@@ -79,7 +79,8 @@ class Trace:
 
 
 def simulate(config: Config, *, ends_per_step: int, max_steps: int = 200) -> Trace:
-    """Run passes until nothing runs and nothing more starts; end the oldest tasks between."""
+    """Run passes until nothing runs and nothing more starts, ending the oldest tasks
+    between passes."""
     forest = fetch_forest(config.settings, now=0)
     ledger = RecordingLedger(level_capacity(config.settings))
     trace = Trace(forest, ledger)
@@ -211,7 +212,7 @@ def test_two_resources_waiting_tasks_hold_nothing(policy: str) -> None:
         assert event.holders <= set(trace.started), f"{event.kind} of {event.holder}"
 
 
-def test_task_needing_both_waits_for_b_without_holding_a() -> None:
+def test_waiting_for_b_holds_no_a() -> None:
     trace = simulate(two_resource_config("ranked_priority"), ends_per_step=3)
     waits_for_b = [
         (number, key)
@@ -225,7 +226,7 @@ def test_task_needing_both_waits_for_b_without_holding_a() -> None:
         assert "B needs 1, 16/16 in use" in trace.passes[number].waiting[key]
 
 
-def test_job_without_a_resource_takes_none_of_it() -> None:
+def test_unnamed_resource_takes_zero() -> None:
     trace = simulate(two_resource_config("roundrobin"), ends_per_step=3)
     grants = [event for event in trace.ledger.events if event.kind == "grant"]
     by_job = {event.holder[0]: event.holdings[INSTANCE] for event in grants}
@@ -308,7 +309,7 @@ def test_replicas_form_one_task() -> None:
     assert [node.parent.name for node in shared.replicas if node.parent] == ["host1", "host2"]
 
 
-def test_replica_starts_through_second_host_when_first_full() -> None:
+def test_replica_uses_second_host_when_full() -> None:
     config = replica_config()
     ledger = Ledger(level_capacity(config.settings))
     ledger.force_acquire("busy", {("host", "host1"): {"host_slots": 1}})

@@ -33,8 +33,7 @@ COMMANDS = (
     ActionCommand(
         name="validate",
         help="Check a Bistro config and list every error with its key path",
-        description="Exit status: 0 valid, 1 errors found (settings or any job), "
-        "2 bad arguments.",
+        description="Exit status: 0 valid, 1 errors found (settings or any job), 2 bad arguments.",
         func=lazy_load_command("bistro_provider.cli.commands.validate"),
         args=(ARG_CONFIG, ARG_JSON),
     ),
@@ -60,7 +59,9 @@ COMMANDS = (
 
 STATE = "bistro_provider.cli.state_commands."
 EXIT_CODES = "Exit status: 0 success, 1 error (message on stderr), 2 bad arguments."
-ARG_STATE_JSON = Arg(("--json",), help="Print the REST API's JSON instead of text", action="store_true")
+ARG_STATE_JSON = Arg(
+    ("--json",), help="Print the REST API's JSON instead of text", action="store_true"
+)
 ARG_LEVEL = Arg(("--level",), help="Show only nodes of this level")
 ARG_QUERY = Arg(("--query",), help="Show only nodes whose name contains this text (any case)")
 ARG_TAG = Arg(("--tag",), help="Show only nodes with this tag")

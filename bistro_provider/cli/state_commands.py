@@ -65,7 +65,9 @@ def _user() -> str:
     return f"{CLI_USER_PREFIX}{getpass.getuser()}"
 
 
-def _print(args: Any, model: type[BaseModel], data: dict[str, Any], text: Callable[[], list[str]]) -> None:
+def _print(
+    args: Any, model: type[BaseModel], data: dict[str, Any], text: Callable[[], list[str]]
+) -> None:
     """Print `data` as the API's JSON with --json, else as the text lines `text` returns."""
     if args.json:
         print(json.dumps(schemas.dump(model, data), indent=2))
@@ -77,7 +79,9 @@ def _print(args: Any, model: type[BaseModel], data: dict[str, Any], text: Callab
 def _amounts(values: dict[str, int], limits: dict[str, int] | None = None) -> str:
     if limits is None:
         return ", ".join(f"{name}={amount}" for name, amount in values.items()) or "-"
-    return ", ".join(f"{name} {values.get(name, 0)}/{limit}" for name, limit in limits.items()) or "-"
+    return (
+        ", ".join(f"{name} {values.get(name, 0)}/{limit}" for name, limit in limits.items()) or "-"
+    )
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -343,11 +347,12 @@ def _print_import_text(payload: dict[str, Any]) -> None:
         print(f"{payload['config']}: {len(payload['errors'])} error(s)")
         return
     print(f"{payload['config']}: valid; DAGs: {', '.join(payload['dag_ids']) or 'none'}")
-    print("\nAdd to airflow.cfg (or set AIRFLOW__CORE__EXECUTOR and AIRFLOW__BISTRO__CONFIG_FILE):\n")
+    print(
+        "\nAdd to airflow.cfg (or set AIRFLOW__CORE__EXECUTOR and AIRFLOW__BISTRO__CONFIG_FILE):\n"
+    )
     print(payload["airflow_cfg"])
     if payload["written"]:
         print(f"Wrote the DAG file {payload['written']}")
         return
     print("Save this as a .py file in your dags folder ([core] dags_folder):\n")
     print(payload["dag_file"], end="")
-

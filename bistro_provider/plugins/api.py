@@ -78,7 +78,9 @@ app = FastAPI(
 )
 
 AUTHENTICATED = [Depends(requires_authenticated())]
-EDIT_TASKS = [Depends(requires_access_dag(method="PUT", access_entity=DagAccessEntity.TASK_INSTANCE))]
+EDIT_TASKS = [
+    Depends(requires_access_dag(method="PUT", access_entity=DagAccessEntity.TASK_INSTANCE))
+]
 
 router = APIRouter(prefix="/api/v1", dependencies=AUTHENTICATED, responses=ERROR_RESPONSES)
 
@@ -101,7 +103,9 @@ def get_forest(
     level: str | None = Query(None, description="Only nodes of this level"),
     query: str | None = Query(None, description="Only nodes whose name contains this"),
     tag: str | None = Query(None, description="Only nodes with this tag"),
-    state: str | None = Query(None, description="Only nodes in this fill state: free|busy|full|over"),
+    state: str | None = Query(
+        None, description="Only nodes in this fill state: free|busy|full|over"
+    ),
     offset: int = Query(0, ge=0),
     limit: int | None = Query(None, ge=0, description="At most this many nodes; all by default"),
 ) -> dict[str, Any]:

@@ -136,7 +136,9 @@ def _check_killable(state: StateSnapshot, ti: Any, grant: GrantRecord | None) ->
         )
     current = str(getattr(ti.state, "value", ti.state))
     if current in FINISHED_TI_STATES:
-        raise StateError(f"task instance {ti.id} has already finished (state {current})", "conflict")
+        raise StateError(
+            f"task instance {ti.id} has already finished (state {current})", "conflict"
+        )
 
 
 def _latest_dag(state: StateSnapshot, dag_id: str) -> Any:
@@ -262,12 +264,19 @@ def set_capacity(
     row = state.session.get(CapacityOverride, (level, node, resource))
     previous = row.amount if row is not None else None
     if row is None:
-        state.session.add(CapacityOverride(level=level, node=node, resource=resource, amount=amount))
+        state.session.add(
+            CapacityOverride(level=level, node=node, resource=resource, amount=amount)
+        )
     else:
         row.amount = amount
     target = f"{level}/{node}/{resource}"
     record_audit(
-        state, user, "set_capacity", target, {"override": previous, "capacity": before}, {"override": amount}
+        state,
+        user,
+        "set_capacity",
+        target,
+        {"override": previous, "capacity": before},
+        {"override": amount},
     )
     log.info("User %s set capacity %s to %d (was %s)", user, target, amount, before)
     return {
@@ -304,7 +313,9 @@ def clear_capacity(
     for row in rows:
         cleared[row.resource] = row.amount
         target = f"{level}/{node}/{row.resource}"
-        record_audit(state, user, "clear_capacity", target, {"override": row.amount}, {"override": None})
+        record_audit(
+            state, user, "clear_capacity", target, {"override": row.amount}, {"override": None}
+        )
         state.session.delete(row)
     log.info("User %s cleared capacity overrides of %s/%s: %s", user, level, node, cleared)
     return {"level": level, "node": node, "cleared": dict(sorted(cleared.items()))}

@@ -58,7 +58,12 @@ class BistroState(StateSnapshot):
     # -- actions: each adds audit rows; the caller commits --------------------------------
 
     def kill_task(
-        self, user: str, *, ti_id: str | None = None, job: str | None = None, node: str | None = None
+        self,
+        user: str,
+        *,
+        ti_id: str | None = None,
+        job: str | None = None,
+        node: str | None = None,
     ) -> dict[str, Any]:
         return actions.kill_task(self, user, ti_id=ti_id, job=job, node=node)
 

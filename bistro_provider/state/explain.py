@@ -37,7 +37,13 @@ def explain(state: StateSnapshot, job_name: str, node: str) -> dict[str, Any]:
     """
     result = _explain(state, job_name, node)
     state_name, reason, details = result
-    return {"job": job_name, "node": node, "state": state_name, "reason": reason, "details": details}
+    return {
+        "job": job_name,
+        "node": node,
+        "state": state_name,
+        "reason": reason,
+        "details": details,
+    }
 
 
 def _explain(state: StateSnapshot, job_name: str, node: str) -> tuple[str, str, dict[str, Any]]:
@@ -109,7 +115,9 @@ def _not_in_forest(
     level = details["level"]
     if state.fetched_forest is None:
         return "not_in_forest", "the executor has not published a node list yet", details
-    elsewhere = sorted({state.fetched_forest.levels[item.level] for item in state.fetched_forest.find(node)})
+    elsewhere = sorted(
+        {state.fetched_forest.levels[item.level] for item in state.fetched_forest.find(node)}
+    )
     if elsewhere:
         reason = (
             f"node {node!r} is on level {', '.join(elsewhere)}, but job {job.name!r} runs "
@@ -138,7 +146,11 @@ def _node_and_status(
         return status_result[0], status_result[1], details
     settings = state.require_config().settings
     if not settings.enabled:
-        return "scheduling_disabled", "scheduling is disabled: bistro_settings.enabled is false", details
+        return (
+            "scheduling_disabled",
+            "scheduling is disabled: bistro_settings.enabled is false",
+            details,
+        )
     missing = _unfinished_dependencies(state, job, info.node)
     if missing:
         return "dependency_not_done", f"dependency not done on this node: {missing}", details
@@ -149,7 +161,9 @@ def _node_and_status(
     return "ready", reason, details
 
 
-def _status_state(state: StateSnapshot, job: Job, status: StoredStatus | None) -> tuple[str, str] | None:
+def _status_state(
+    state: StateSnapshot, job: Job, status: StoredStatus | None
+) -> tuple[str, str] | None:
     if status is None:
         return None
     when = format_time(status.time)
@@ -199,4 +213,9 @@ def _unfinished_dependencies(state: StateSnapshot, job: Job, node: str) -> str:
 def _status_json(status: StoredStatus | None) -> dict[str, Any] | None:
     if status is None:
         return None
-    return {"kind": status.kind, "time": status.time, "backoff": status.backoff, "data": status.data}
+    return {
+        "kind": status.kind,
+        "time": status.time,
+        "backoff": status.backoff,
+        "data": status.data,
+    }

@@ -57,9 +57,7 @@ def _handle_single(
         raise MonitorError('a query must be an object with a "handler" string')
     handler = query["handler"]
     if handler in ACTION_HANDLERS and not may_edit():
-        raise MonitorError(
-            f"Forbidden: {handler} needs permission to edit task instances of DAGs"
-        )
+        raise MonitorError(f"Forbidden: {handler} needs permission to edit task instances of DAGs")
     function = HANDLERS.get(handler)
     if function is None:
         raise MonitorError(NOT_SUPPORTED.get(handler, f"Unknown handler: {handler}"))

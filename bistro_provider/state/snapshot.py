@@ -197,7 +197,9 @@ class StateSnapshot:
         return [item for item in body if isinstance(item, dict)] if isinstance(body, list) else []
 
     def waiting_by_task(self) -> dict[tuple[str, str], dict[str, Any]]:
-        return {(str(item.get("job")), str(item.get("node"))): item for item in self.waiting_tasks()}
+        return {
+            (str(item.get("job")), str(item.get("node"))): item for item in self.waiting_tasks()
+        }
 
     def errors_doc(self) -> dict[str, Any]:
         document = self.published.get("errors")

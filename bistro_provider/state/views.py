@@ -132,7 +132,9 @@ def _orphan_rows(state: StateSnapshot) -> list[dict[str, Any]]:
     """Rows for nodes that admitted tasks still hold but that left the forest."""
     known = set()
     if state.fetched_forest is not None:
-        known = {(state.fetched_forest.levels[node.level], node.name) for node in state.fetched_forest}
+        known = {
+            (state.fetched_forest.levels[node.level], node.name) for node in state.fetched_forest
+        }
     paths = {}
     for grant in state.grants:
         for name_index, name in enumerate(grant.path):
@@ -260,9 +262,7 @@ def errors_view(state: StateSnapshot) -> dict[str, Any]:
     found = body.get("errors") if isinstance(body.get("errors"), dict) else {}
     jobs = {}
     if state.config is not None:
-        jobs = {
-            job.name: state.job_errors(job) for job in state.config.jobs.values() if job.errors
-        }
+        jobs = {job.name: state.job_errors(job) for job in state.config.jobs.values() if job.errors}
     config_error = found.get("config")
     if config_error is None and state.config is None:
         config_error = state.config_problem

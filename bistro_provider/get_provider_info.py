@@ -115,6 +115,19 @@ CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
         "0.5",
         "0.8",
     ),
+    "worker_refresh_interval": _option(
+        "Seconds between polls of the Celery workers and their queues (BistroCeleryExecutor).",
+        "float",
+        "5",
+        "10",
+    ),
+    "worker_lost_after": _option(
+        "Seconds without an answer after which a Celery worker is treated as lost: its node "
+        "leaves the forest and the resources of its tasks are released.",
+        "float",
+        "30",
+        "60",
+    ),
 }
 
 
@@ -125,7 +138,10 @@ def get_provider_info() -> dict[str, Any]:
         "description": "Bistro resource-forest scheduling for Apache Airflow: per-node resource "
         "limits along the whole path of every task, Bistro's scheduling policies and node sources.",
         "versions": [__version__],
-        "executors": ["bistro_provider.executors.bistro_executor.BistroExecutor"],
+        "executors": [
+            "bistro_provider.executors.bistro_executor.BistroExecutor",
+            "bistro_provider.executors.celery_executor.BistroCeleryExecutor",
+        ],
         "cli": ["bistro_provider.cli.definition.get_bistro_cli_commands"],
         "db-managers": ["bistro_provider.store.db_manager.BistroDBManager"],
         "triggers": [

@@ -30,6 +30,8 @@ class BistroOptions:
     state_sync_interval: float = 2.0
     full_pass_interval: float = 5.0
     max_node_deletion_fraction: float = 0.5
+    worker_refresh_interval: float = 5.0
+    worker_lost_after: float = 30.0
 
     @classmethod
     def from_airflow(cls) -> BistroOptions:
@@ -65,4 +67,8 @@ class BistroOptions:
             max_node_deletion_fraction=get_float(
                 "max_node_deletion_fraction", cls.max_node_deletion_fraction
             ),
+            worker_refresh_interval=get_float(
+                "worker_refresh_interval", cls.worker_refresh_interval
+            ),
+            worker_lost_after=get_float("worker_lost_after", cls.worker_lost_after),
         )

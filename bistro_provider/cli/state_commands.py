@@ -215,10 +215,11 @@ def kill(args: Any) -> None:
 
     def text() -> list[str]:
         where = f"{data['dag_id']}/{data['run_id']}/{data['task_id']}[{data['map_index']}]"
-        return [
+        line = (
             f"Marked task instance {data['ti_id']} ({where}, {data['job']} on {data['node']}) "
             f"failed; it was {data['previous_state']}. Airflow stops its process."
-        ]
+        )
+        return [line]
 
     _print(args, schemas.KillResponse, data, text)
 
@@ -228,11 +229,12 @@ def forgive(args: Any) -> None:
         data = state.forgive_job(_user(), args.job)
 
     def text() -> list[str]:
-        return [
+        line = (
             f"Forgave job {data['job']}: {data['forgiven_failed']} failed and "
             f"{data['forgiven_backoff']} backoff status(es) reset; "
             f"{len(data['cleared_task_instances'])} task instance(s) of {data['dag_id']} cleared"
-        ]
+        )
+        return [line]
 
     _print(args, schemas.ForgiveResponse, data, text)
 
@@ -243,10 +245,11 @@ def capacity_set(args: Any) -> None:
 
     def text() -> list[str]:
         before = data["previous_capacity"]
-        return [
+        line = (
             f"{data['level']} {data['node']}: {data['resource']} limit "
             f"{'-' if before is None else before} -> {data['amount']} (override)"
-        ]
+        )
+        return [line]
 
     _print(args, schemas.CapacityResponse, data, text)
 

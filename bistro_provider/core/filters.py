@@ -76,3 +76,36 @@ def task_eligibility(job: Job, node: Node, levels: tuple[str, ...]) -> Eligibili
         if flt is not None and not level_filter_accepts(flt, step, job.name):
             return "avoided"
     return "yes"
+
+
+class PathEligibility:
+    """`task_eligibility(job, node, levels) == "yes"` for many nodes of one job.
+
+    Each ancestor's answer is computed once and kept, so checking a million databases under
+    ten thousand hosts evaluates each host's filter and enabled flag once. The answers are
+    only valid while no node is enabled, disabled or added, so create one per pass.
+    """
+
+    def __init__(self, job: Job, levels: tuple[str, ...]):
+        self.job = job
+        self.levels = levels
+        self._ancestors: dict[int, bool] = {}
+
+    def eligible(self, node: Node) -> bool:
+        """Return True when `node` and every ancestor are enabled and pass the job's filters."""
+        if not self._node_passes(node):
+            return False
+        parent = node.parent
+        if parent is None:
+            return True
+        # Nodes stay alive in their forest for the whole pass, so their ids are stable keys.
+        known = self._ancestors.get(id(parent))
+        if known is None:
+            known = self._ancestors[id(parent)] = self.eligible(parent)
+        return known
+
+    def _node_passes(self, node: Node) -> bool:
+        if not node.enabled:
+            return False
+        flt = self.job.filters.get(self.levels[node.level])
+        return flt is None or level_filter_accepts(flt, node, self.job.name)

@@ -8,8 +8,17 @@ through either parent.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+
+# One shared, read-only empty mapping: most nodes override no limit, and an empty dict per
+# node would cost 64 bytes each (64 MB at a million nodes).
+NO_CAPACITY: Mapping[str, int] = MappingProxyType({})
+
+
+def _no_capacity() -> Mapping[str, int]:
+    return NO_CAPACITY
 
 
 @dataclass(eq=False, slots=True)
@@ -29,7 +38,7 @@ class Node:
     parent: Node | None = None
     enabled: bool = True
     tags: frozenset[str] = frozenset()
-    capacity: dict[str, int] = field(default_factory=dict)
+    capacity: Mapping[str, int] = field(default_factory=_no_capacity)
 
     def path_to_root(self) -> list[Node]:
         """Return this node, then its parent, and so on up to the instance node."""
@@ -65,7 +74,10 @@ class Forest:
         self.instance = Node(instance_name, 0)
         self._by_level: list[list[Node]] = [[] for _ in levels]
         self._by_level[0].append(self.instance)
-        self._by_key: dict[tuple[int, str], list[Node]] = {(0, instance_name): [self.instance]}
+        # Per level, name -> its node, or a tuple of nodes for replicas. A bare node for the
+        # usual single replica saves a list and a (level, name) key per node.
+        self._by_name: list[dict[str, Node | tuple[Node, ...]]] = [{} for _ in levels]
+        self._by_name[0][instance_name] = self.instance
 
     def add(self, node: Node) -> Node:
         """Append `node`; a second node with the same name and level becomes a replica."""
@@ -75,7 +87,14 @@ class Forest:
                 f"levels 1..{len(self.levels) - 2} ({', '.join(self.levels[1:-1])})"
             )
         self._by_level[node.level].append(node)
-        self._by_key.setdefault((node.level, node.name), []).append(node)
+        names = self._by_name[node.level]
+        known = names.get(node.name)
+        if known is None:
+            names[node.name] = node
+        elif isinstance(known, Node):
+            names[node.name] = (known, node)
+        else:
+            names[node.name] = (*known, node)
         return node
 
     def level_index(self, level: str) -> int:
@@ -94,14 +113,26 @@ class Forest:
     def distinct_names(self, level: int | str) -> list[str]:
         """Return the node names of a level in fetch order, each name once."""
         index = self.level_index(level) if isinstance(level, str) else level
-        seen: dict[str, None] = {}
-        for node in self._by_level[index]:
-            seen.setdefault(node.name, None)
-        return list(seen)
+        return list(self._by_name[index])
 
     def replicas(self, level: int, name: str) -> list[Node]:
         """Return every node named `name` on `level` (usually one)."""
-        return list(self._by_key.get((level, name), ()))
+        return list(self.replica_tuple(level, name))
+
+    def replica_tuple(self, level: int, name: str) -> tuple[Node, ...]:
+        """Return the nodes named `name` on `level` in fetch order, without copying a list."""
+        if not 0 <= level < len(self._by_name):
+            return ()
+        known = self._by_name[level].get(name)
+        if known is None:
+            return ()
+        if isinstance(known, Node):
+            return (known,)
+        return known
+
+    def level_size(self, level: int) -> int:
+        """Return how many nodes `level` has, replicas included."""
+        return len(self._by_level[level])
 
     def find(self, name: str) -> list[Node]:
         """Return every node named `name`, on any level."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from bistro_provider.core.forest import Node
 from bistro_provider.core.model import Job, Settings
@@ -23,6 +24,8 @@ NodeKey = tuple[str, str]
 
 Holdings = dict[NodeKey, dict[str, int]]
 """Amounts per resource, per node, that one task needs or holds."""
+
+_EMPTY: Mapping[str, int] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -43,21 +46,42 @@ class Blocker:
         )
 
 
+LevelNeeds = tuple[tuple[str, int], ...]
+"""One job's amount per resource of one level, in the level's resource order."""
+
+
+def need_table(settings: Settings, job: Job) -> tuple[LevelNeeds, ...]:
+    """Return, per level index, what a task of `job` needs on a node of that level.
+
+    For each resource of a level the job's amount (by resource name) applies, else the
+    level's `default`. A level without resources has an empty entry. Admission computes this
+    once per job and pass instead of once per candidate.
+    """
+    table = []
+    for level in settings.levels:
+        specs = settings.resources.get(level) or {}
+        table.append(tuple((name, job.resources.get(name, spec.default)) for name, spec in specs.items()))
+    return tuple(table)
+
+
 def task_needs(settings: Settings, job: Job, path: Iterable[Node]) -> Holdings:
     """Return what a task of `job` needs on each node of `path` that has resources.
 
     For each resource of a node's level the job's amount (by resource name) applies, else
     the level's `default`. Levels without resources contribute nothing.
     """
+    return needs_from_table(settings.levels, need_table(settings, job), path)
+
+
+def needs_from_table(
+    levels: tuple[str, ...], table: tuple[LevelNeeds, ...], path: Iterable[Node]
+) -> Holdings:
+    """Return `task_needs` for `path` from a table that `need_table` built."""
     needs: Holdings = {}
     for node in path:
-        level = settings.levels[node.level]
-        specs = settings.resources.get(level)
-        if not specs:
-            continue
-        needs[(level, node.name)] = {
-            name: job.resources.get(name, spec.default) for name, spec in specs.items()
-        }
+        amounts = table[node.level]
+        if amounts:
+            needs[(levels[node.level], node.name)] = dict(amounts)
     return needs
 
 
@@ -184,16 +208,85 @@ def level_capacity(
 ) -> CapacityFn:
     """Build a capacity lookup: the level's limits, then per-node values, then overrides.
 
+    The layers are read on every call, so later changes to `node_capacity` or `overrides`
+    take effect at once.
+
     :param node_capacity: limits reported by node sources for individual nodes.
     :param overrides: limits set live by an operator; they win over everything else.
     """
+    level_limits = {
+        level: {name: spec.limit for name, spec in specs.items()}
+        for level, specs in settings.resources.items()
+    }
 
     def capacity_of(key: NodeKey) -> dict[str, int]:
-        level, _name = key
-        limits = {name: spec.limit for name, spec in settings.resources.get(level, {}).items()}
+        limits = dict(level_limits.get(key[0], _EMPTY))
         for layer in (node_capacity, overrides):
             if layer and key in layer:
                 limits.update(layer[key])
         return limits
 
     return capacity_of
+
+
+class PathCheck:
+    """The first blocker on a task's path, for many tasks of one admission pass.
+
+    `blocker(job, node)` returns what `Ledger.first_blocker(task_needs(...))` returns, but
+    builds no needs mapping for a task that does not fit. It reads each node's capacity once
+    and keeps it, so create a new one for every pass. Equal blockers are shared, so a pass
+    over a million candidates keeps one `Blocker` per distinct (node, resource, amounts).
+    """
+
+    def __init__(self, settings: Settings, ledger: Ledger):
+        self.levels = settings.levels
+        self.settings = settings
+        self.ledger = ledger
+        self._limits: dict[NodeKey, Mapping[str, int]] = {}
+        self._tables: dict[str, tuple[LevelNeeds, ...]] = {}
+        self._blockers: dict[tuple[NodeKey, str, int, int, int], Blocker] = {}
+
+    def table(self, job: Job) -> tuple[LevelNeeds, ...]:
+        """Return `need_table` for `job`, computed once per pass."""
+        table = self._tables.get(job.name)
+        if table is None:
+            table = self._tables[job.name] = need_table(self.settings, job)
+        return table
+
+    def limits(self, key: NodeKey) -> Mapping[str, int]:
+        limits = self._limits.get(key)
+        if limits is None:
+            limits = self._limits[key] = self.ledger.capacity_of(key)
+        return limits
+
+    def blocker(self, job: Job, node: Node) -> Blocker | None:
+        """Return the first node and resource on `node`'s path lacking room, or None."""
+        table = self.table(job)
+        used_by_key = self.ledger._used
+        step: Node | None = node
+        while step is not None:
+            amounts = table[step.level]
+            if amounts:
+                key = (self.levels[step.level], step.name)
+                limits = self._limits.get(key)
+                if limits is None:
+                    limits = self.limits(key)
+                used = used_by_key.get(key, _EMPTY)
+                for resource, need in amounts:
+                    limit = limits.get(resource, 0)
+                    in_use = used.get(resource, 0)
+                    if need > limit - in_use:
+                        return self._shared_blocker(key, resource, need, in_use, limit)
+            step = step.parent
+        return None
+
+    def _shared_blocker(
+        self, key: NodeKey, resource: str, need: int, in_use: int, limit: int
+    ) -> Blocker:
+        fields = (key, resource, need, in_use, limit)
+        blocker = self._blockers.get(fields)
+        if blocker is None:
+            blocker = Blocker(key[0], key[1], resource, need, in_use, limit)
+            self._blockers[fields] = blocker
+        return blocker
+

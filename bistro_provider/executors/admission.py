@@ -25,10 +25,11 @@ from sqlalchemy.orm import Session
 
 from bistro_provider.core.forest import Forest, Node
 from bistro_provider.core.live import LiveForest
-from bistro_provider.core.model import Config, Job
+from bistro_provider.core.model import WORKER_LEVEL, Config, Job
 from bistro_provider.core.policies import JobCandidates, StartResult
 from bistro_provider.core.resources import Holdings, Ledger, NodeKey, level_capacity
 from bistro_provider.core.scheduler import Admission, Candidate, admit_pass, order_nodes
+from bistro_provider.core.workers import WorkerInfo, WorkerPool
 from bistro_provider.operators.job import PATHS_KEY, admission_key
 from bistro_provider.store import repository
 
@@ -71,14 +72,16 @@ class RunningTask:
     since: float
     task_id: str = ""
     map_index: int = -1
+    worker: str = ""
 
 
 @dataclass(frozen=True)
 class Granted:
-    """A waiting task the pass admitted, with what it holds."""
+    """A waiting task the pass admitted, with what it holds and the worker chosen for it."""
 
     task: WaitingTask
     admission: Admission
+    worker: WorkerInfo | None = None
 
 
 def bistro_marker(workload: Any) -> dict[str, Any] | None:
@@ -95,15 +98,24 @@ class AdmissionController:
     :param worker_name: this machine as a node of the ``worker`` level.
     """
 
-    def __init__(self, live: LiveForest | None, *, worker_name: str | None = None):
+    def __init__(
+        self,
+        live: LiveForest | None,
+        *,
+        worker_name: str | None = None,
+        workers: WorkerPool | None = None,
+    ):
         self.live = live
         self.worker_name = worker_name or socket.gethostname()
+        self.workers = workers
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.rng = random.Random()
         self.overrides: dict[NodeKey, dict[str, int]] = {}
         self.ledger = Ledger(self._capacity_of)
         self.waiting: dict[Any, WaitingTask] = {}
         self.running: dict[str, RunningTask] = {}
+        self.lost_tasks: list[RunningTask] = []
+        """Tasks released because their worker was lost; their grant rows are still to go."""
         self.full_pass_interval = 5.0
         self._dirty = True
         self._last_pass = 0.0
@@ -117,6 +129,10 @@ class AdmissionController:
         config = self.live.config if self.live else None
         if config is None:
             return {}
+        if key[0] == WORKER_LEVEL and self.workers is not None:
+            limits = self.workers.capacity_of(key[1])
+            limits.update(self.overrides.get(key, {}))
+            return limits
         forest = self.live.forest if self.live else None
         node_capacity = _node_capacities(forest, config, key)
         return dict(level_capacity(config.settings, node_capacity, self.overrides)(key))
@@ -192,6 +208,36 @@ class AdmissionController:
     def forget(self, key: Any) -> WaitingTask | None:
         return self.waiting.pop(key, None)
 
+    def set_workers(self, workers: list[WorkerInfo]) -> None:
+        """Replace the live workers; a changed set or config triggers a pass."""
+        if self.workers is None:
+            return
+        config = self.live.config if self.live else None
+        if config is not None and self.workers.settings is not config.settings:
+            self.workers.update_settings(config.settings)
+            self._dirty = True
+        if list(self.workers.workers.values()) != sorted(workers, key=lambda w: w.name):
+            lost = set(self.workers.workers) - {worker.name for worker in workers}
+            self.workers.set_workers(sorted(workers, key=lambda w: w.name))
+            self._dirty = True
+            for task in [t for t in self.running.values() if t.worker in lost]:
+                log.warning(
+                    "Worker %s is gone; releasing what task %s (%s on %s) held",
+                    task.worker,
+                    task.ti_id,
+                    task.job,
+                    task.node,
+                )
+                self.release(task.ti_id)
+                self.lost_tasks.append(task)
+
+    def forget_finished_runs(self) -> None:
+        """Drop cached node lists of runs that have no waiting task left."""
+        active = {(t.workload.ti.dag_id, t.workload.ti.run_id, t.snapshot_task) for t in self.waiting.values()}
+        for key in [key for key in self._names if key not in active]:
+            self._names.pop(key, None)
+            self._paths.pop(key, None)
+
     # -- the pass -------------------------------------------------------------------------
 
     def run_pass(self, free_slots: int, statuses: dict[tuple[str, str], Any]) -> list[Granted]:
@@ -209,10 +255,21 @@ class AdmissionController:
         entries, by_task = self._build_candidates(config, forest, statuses)
         granted: list[Granted] = []
         slots = [free_slots]
+        chosen: dict[tuple[str, str], WorkerInfo] = {}
+        pool = self.workers
 
         def start_hook(job: Job, candidate: Candidate, node: Node, needs: Holdings) -> StartResult:
             if slots[0] <= 0:
                 return StartResult.STOP
+            if pool is not None:
+                if not pool.workers:
+                    return StartResult.STOP
+                choice = pool.choose(job, node, self.ledger)
+                if choice is None:
+                    return StartResult.DID_NOT_RUN
+                worker, holding = choice
+                needs.update(holding)
+                chosen[(job.name, candidate.node)] = worker
             slots[0] -= 1
             return StartResult.RAN
 
@@ -225,8 +282,8 @@ class AdmissionController:
             holder_of=lambda job, node: by_task[(job, node)].ti_id,
         )
         for admission in result.started:
-            task = by_task[(admission.job, admission.node)]
-            granted.append(Granted(task, admission))
+            key = (admission.job, admission.node)
+            granted.append(Granted(by_task[key], admission, chosen.get(key)))
         for key, reason in result.waiting.items():
             if key in by_task:
                 by_task[key].reason = reason
@@ -301,7 +358,7 @@ class AdmissionController:
                     node=admission.node,
                     path=admission.path,
                     holdings=admission.holdings,
-                    worker=self.worker_name,
+                    worker=item.worker.name if item.worker else self.worker_name,
                     granted_at=now,
                     owner=self.owner,
                 ),
@@ -315,6 +372,7 @@ class AdmissionController:
                 now,
                 ti.task_id,
                 ti.map_index,
+                item.worker.name if item.worker else self.worker_name,
             )
             record = self._admission_record(item, config, statuses)
             XComModel.set(
@@ -347,8 +405,8 @@ class AdmissionController:
                 "repeat": job.backoff.repeat if job else False,
             },
             "prev_status": _status_json(previous),
-            "worker_node": self.worker_name,
-            "worker_host": socket.gethostname(),
+            "worker_node": item.worker.name if item.worker else self.worker_name,
+            "worker_host": item.worker.host if item.worker else socket.gethostname(),
             "granted_at": time.time(),
         }
 
@@ -379,6 +437,7 @@ class AdmissionController:
                     record.granted_at,
                     record.task_id,
                     record.map_index,
+                    record.worker,
                 )
             else:
                 stale.append(record.ti_id)

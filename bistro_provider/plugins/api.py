@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
@@ -100,14 +100,14 @@ def _user_name(user: BaseUser) -> str:
 @router.get("/forest", response_model=ForestResponse)
 def get_forest(
     session: SessionDep,
-    level: str | None = Query(None, description="Only nodes of this level"),
-    query: str | None = Query(None, description="Only nodes whose name contains this"),
-    tag: str | None = Query(None, description="Only nodes with this tag"),
-    state: str | None = Query(
-        None, description="Only nodes in this fill state: free|busy|full|over"
-    ),
-    offset: int = Query(0, ge=0),
-    limit: int | None = Query(None, ge=0, description="At most this many nodes; all by default"),
+    level: Annotated[str | None, Query(description="Only nodes of this level")] = None,
+    query: Annotated[str | None, Query(description="Only nodes whose name contains this")] = None,
+    tag: Annotated[str | None, Query(description="Only nodes with this tag")] = None,
+    state: Annotated[
+        str | None, Query(description="Only this fill state: free|busy|full|over")
+    ] = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int | None, Query(ge=0, description="At most this many nodes")] = None,
 ) -> dict[str, Any]:
     """Nodes with their capacity, usage, overrides and fill state."""
     return BistroState.load(session).forest(level, query, tag, state, offset, limit)
@@ -140,8 +140,10 @@ def get_waiting(session: SessionDep) -> dict[str, Any]:
 @router.get("/histogram", response_model=HistogramResponse, response_model_exclude_none=True)
 def get_histogram(
     session: SessionDep,
-    jobs: list[str] | None = Query(None, description="Jobs to include; all when omitted"),
-    num_samples: int = Query(0, ge=0, description="Node names to list per status bit set"),
+    jobs: Annotated[
+        list[str] | None, Query(description="Jobs to include; all when omitted")
+    ] = None,
+    num_samples: Annotated[int, Query(ge=0, description="Node names per status bit set")] = 0,
 ) -> dict[str, Any]:
     """Bistro's status histograms, with Bistro's encoding of status bits."""
     return BistroState.load(session).histogram(jobs, num_samples)
@@ -154,7 +156,9 @@ def get_errors(session: SessionDep) -> dict[str, Any]:
 
 
 @router.get("/audit", response_model=AuditResponse)
-def get_audit(session: SessionDep, limit: int = Query(100, ge=1, le=10000)) -> dict[str, Any]:
+def get_audit(
+    session: SessionDep, limit: Annotated[int, Query(ge=1, le=10000)] = 100
+) -> dict[str, Any]:
     """The newest audit entries first: kills, forgives and capacity changes."""
     return BistroState.load(session).audit(limit)
 
@@ -162,8 +166,8 @@ def get_audit(session: SessionDep, limit: int = Query(100, ge=1, le=10000)) -> d
 @router.get("/explain", response_model=ExplainResponse)
 def get_explain(
     session: SessionDep,
-    job: str = Query(description="Job name"),
-    node: str = Query(description="Task node name"),
+    job: Annotated[str, Query(description="Job name")],
+    node: Annotated[str, Query(description="Task node name")],
 ) -> dict[str, Any]:
     """Why the task of a job on a node is running, waiting, done or not runnable."""
     return BistroState.load(session).explain(job, node)
@@ -210,9 +214,9 @@ def put_capacity(body: CapacityRequest, user: GetUserDep, session: SessionDep) -
 def delete_capacity(
     user: GetUserDep,
     session: SessionDep,
-    level: str = Query(),
-    node: str = Query(),
-    resource: str | None = Query(None, description="Clear only this resource; all when omitted"),
+    level: Annotated[str, Query()],
+    node: Annotated[str, Query()],
+    resource: Annotated[str | None, Query(description="Only this resource; all if omitted")] = None,
 ) -> dict[str, Any]:
     """Remove a node's live limits, so the config and node-source limits apply again."""
     result = BistroState.load(session).clear_capacity(_user_name(user), level, node, resource)

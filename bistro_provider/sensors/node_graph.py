@@ -85,7 +85,9 @@ class NodeGraphSensor(BaseSensorOperator):
         except GRAPH_ERRORS as exc:
             if not self.since:
                 raise
-            self.log.warning("Reading the node graph failed; waiting from since=%s: %s", self.since, exc)
+            self.log.warning(
+                "Reading the node graph failed; waiting from since=%s: %s", self.since, exc
+            )
             return self.since
         return self.since or self._baseline.fingerprint
 
@@ -120,11 +122,11 @@ class NodeGraphSensor(BaseSensorOperator):
 
     def poke(self, context: Any) -> bool | PokeReturnValue:
         if not self.since:
-            raise ValueError(f"{self.task_id}: poke() needs since=, which execute() sets")
+            raise ValueError(f"{self.task_id}: poke() requires since=, which execute() sets")
         try:
             current = read_graph(self._resolved_config_file(), self.level, self.script_timeout)
         except GRAPH_ERRORS as exc:
-            self.log.warning("Reading the node graph failed; counting it as no change: %s", exc)
+            self.log.warning("Reading the node graph failed, so this poke is no change: %s", exc)
             return False
         if current.fingerprint == self.since:
             return False

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from bistro_provider.core.status import BACKOFF_KINDS
-from bistro_provider.state.snapshot import StateSnapshot, StateError
+from bistro_provider.state.snapshot import StateError, StateSnapshot
 from bistro_provider.store.models import AuditEntry, CapacityOverride, TaskStatusRow
 from bistro_provider.store.repository import GrantRecord
 
@@ -229,7 +229,11 @@ def _forgive_statuses(state: StateSnapshot, job: str) -> tuple[int, int]:
     return failed, in_backoff
 
 
-def _clear_failed_instances(state: StateSnapshot, dag_id: str) -> list[str]:
+def _clear_failed_instances(state: StateSnapshot, dag_id: str) -> list[dict[str, Any]]:
+    """Clear the job DAG's failed mapped task instances; return their run ids and indexes.
+
+    Ids are not returned because Airflow gives a cleared task instance a new id.
+    """
     from airflow.models.taskinstance import TaskInstance, clear_task_instances
 
     from bistro_provider.dag_factory import TASK_ID
@@ -241,9 +245,13 @@ def _clear_failed_instances(state: StateSnapshot, dag_id: str) -> list[str]:
         TaskInstance.state.in_(FORGIVABLE_TI_STATES),
     )
     tis = list(state.session.scalars(query))
+    cleared = sorted(
+        ({"run_id": ti.run_id, "map_index": ti.map_index} for ti in tis),
+        key=lambda item: (item["run_id"], item["map_index"]),
+    )
     if tis:
         clear_task_instances(tis, state.session)
-    return sorted(str(ti.id) for ti in tis)
+    return cleared
 
 
 # -- capacity ------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ executor's own reason for a queued task, the stored status and the job's depende
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, get_args
 
 from bistro_provider.core.filters import level_filter_accepts
@@ -26,7 +26,7 @@ def format_time(seconds: float | None) -> str:
     """Return an epoch time as ISO 8601 in UTC, or ``-`` when unknown."""
     if seconds is None:
         return "-"
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="seconds")
 
 
 def explain(state: StateSnapshot, job_name: str, node: str) -> dict[str, Any]:

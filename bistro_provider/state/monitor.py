@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bistro_provider.state import actions
-from bistro_provider.state.snapshot import StateSnapshot, StateError
+from bistro_provider.state.snapshot import StateError, StateSnapshot
 from bistro_provider.state.tasks import histogram
 
 log = logging.getLogger(__name__)

@@ -206,12 +206,19 @@ class KillResponse(_Model):
     state: str
 
 
+class ClearedTask(_Model):
+    """A task instance that forgive cleared; Airflow gives it a new id, so none is shown."""
+
+    run_id: str
+    map_index: int
+
+
 class ForgiveResponse(_Model):
     job: str
     dag_id: str
     forgiven_failed: int
     forgiven_backoff: int
-    cleared_task_instances: list[str]
+    cleared_task_instances: list[ClearedTask]
 
 
 class CapacityRequest(_Model):

@@ -15,7 +15,7 @@ from bistro_provider.core.forest import Node
 from bistro_provider.core.model import Job
 from bistro_provider.core.resources import NodeKey, holdings_to_json
 from bistro_provider.state.schemas import FillState
-from bistro_provider.state.snapshot import StateSnapshot, StateError
+from bistro_provider.state.snapshot import StateError, StateSnapshot
 from bistro_provider.state.tasks import job_histogram, job_progress
 from bistro_provider.store.models import AuditEntry
 

@@ -144,7 +144,7 @@ def change_payload(
 
 
 class _GraphPoller:
-    """Runs `read_graph` in a worker thread and logs each distinct failure once."""
+    """Poller that runs `read_graph` in a worker thread and logs each distinct failure once."""
 
     def __init__(
         self,
@@ -186,7 +186,9 @@ class _GraphPoller:
         if self._last_error is not None:
             self.log.info("%s: polling the node graph works again", self.label)
             self._last_error = None
-        self.log.debug("%s: %d nodes, fingerprint %s", self.label, snapshot.nodes, snapshot.fingerprint)
+        self.log.debug(
+            "%s: %d nodes, fingerprint %s", self.label, snapshot.nodes, snapshot.fingerprint
+        )
         return snapshot
 
 
@@ -199,11 +201,11 @@ class _Reported:
 
 
 class _GraphStateStore:
-    """Reads and writes the last reported graph in the asset's state store, when there is one.
+    """Access to the last reported graph in the asset's state store, when there is one.
 
-    Airflow 3.3 injects ``asset_state_store`` into a watcher trigger before `run()`; it is
+    Airflow 3.3 injects ``asset_state_store`` into a watcher trigger before `run()`. It is
     None for a trigger that runs for a deferred task or outside the triggerer. The store only
-    prevents a repeated event after a restart, so a failing store is logged, never fatal.
+    prevents a repeated event after a restart, so a failing store is logged and ignored.
     """
 
     def __init__(self, accessors: Any, logger: logging.Logger, label: str) -> None:
@@ -219,7 +221,9 @@ class _GraphStateStore:
         except ValueError as exc:
             self._disable("reading", exc)
             return None
-        except Exception as exc:  # a store failure must not stop the watcher
+        # Any other failure is logged too: a watcher that raises is re-created from its
+        # kwargs, and the new instance would report the current graph again.
+        except Exception as exc:  # noqa: BLE001
             self.log.warning("%s: reading the stored fingerprint failed: %s", self.label, exc)
             return None
         return self._decode(value)
@@ -234,7 +238,7 @@ class _GraphStateStore:
             )
         except ValueError as exc:
             self._disable("writing", exc)
-        except Exception as exc:  # a store failure must not stop the watcher
+        except Exception as exc:  # noqa: BLE001 - as in load()
             self.log.warning("%s: storing the fingerprint failed: %s", self.label, exc)
 
     def _disable(self, action: str, exc: ValueError) -> None:
@@ -277,8 +281,8 @@ class NodeGraphTrigger(BaseEventTrigger):
     :param level: watch only the nodes of this level; None watches every level.
     :param poll_interval: seconds between polls.
     :param script_timeout: seconds each node-source script may run.
-    :param job: the Bistro job whose asset this feeds; it appears in logs and keeps the
-        triggers of two jobs apart, so each asset stores its own fingerprint.
+    :param job: the Bistro job whose asset this trigger feeds. It appears in logs, and it
+        keeps the triggers of two jobs apart, so that each asset stores its own fingerprint.
     """
 
     def __init__(
@@ -344,8 +348,8 @@ class NodeGraphTrigger(BaseEventTrigger):
 class NodeGraphChangeTrigger(BaseTrigger):
     """Fire once when a Bistro node graph no longer has fingerprint `since`, then return.
 
-    ``added`` and ``removed`` are known only when this trigger saw the graph at `since`
-    itself before it changed; when the first poll already differs they are None.
+    ``added`` and ``removed`` are None when the first poll already differs, because only
+    a graph that this trigger saw at `since` itself has known names.
 
     :param since: the fingerprint to wait away from (`graph_fingerprint`).
     :param config_file: the Bistro config whose node sources are polled.

@@ -85,7 +85,7 @@ def as_db_user(argv: list[str]) -> list[str]:
 
 
 def run_as_db_user(argv: list[str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` as the database OS user and return the result; output is captured."""
+    """Run ``argv`` as the database OS user, capture its output and return the result."""
     return subprocess.run(
         as_db_user(argv),
         stdin=subprocess.DEVNULL,
@@ -116,7 +116,7 @@ def database_names(host: str, count: int) -> list[str]:
 class PgCluster:
     """One PostgreSQL cluster: its data directory, port and server binaries.
 
-    The data directory also holds the unix socket, and ``<data_dir>.log`` is the server log.
+    The data directory also contains the unix socket, and ``<data_dir>.log`` is the server log.
     """
 
     name: str
@@ -178,7 +178,7 @@ class PgCluster:
         self._write_hba()
 
     def _write_hba(self) -> None:
-        # Only TCP clients from 127.0.0.1 may connect; there is no unix-socket or IPv6 line.
+        # Only TCP clients from 127.0.0.1 may connect. There is no unix-socket or IPv6 line.
         hba = self.data_dir / "pg_hba.conf"
         hba.write_text(
             "# Written by examples/postgres_fleet/clusters.py: loopback TCP only.\n"
@@ -197,7 +197,7 @@ class PgCluster:
             "max_connections": str(MAX_CONNECTIONS),
             "shared_buffers": "'16MB'",
             # A throwaway cluster whose contents are rebuilt on every run needs no
-            # crash safety, and skipping fsync makes CREATE DATABASE much faster.
+            # crash safety, so the server skips fsync and full-page writes.
             "fsync": "off",
             "synchronous_commit": "off",
             "full_page_writes": "off",
@@ -343,7 +343,9 @@ class PgFleet:
         if count < 1:
             raise ValueError(f"count={count} is invalid: a fleet needs at least 1 cluster")
         if not 1 <= min_dbs <= max_dbs:
-            raise ValueError(f"min_dbs={min_dbs}, max_dbs={max_dbs} invalid: need 1 <= min <= max")
+            raise ValueError(
+                f"min_dbs={min_dbs}, max_dbs={max_dbs} are invalid: use 1 <= min <= max"
+            )
         self.root = Path(root).resolve()
         self.count = count
         self.min_dbs = min_dbs
@@ -378,8 +380,8 @@ class PgFleet:
     def start(self) -> PgFleet:
         """Create, start and fill every cluster.
 
-        :raises ClusterError: when a step fails; every cluster started so far is stopped
-            and removed first.
+        :raises ClusterError: when a step fails. Every cluster started so far is stopped
+            first, and removed with ``remove``.
         """
         try:
             self._start()
@@ -394,7 +396,10 @@ class PgFleet:
         self.source = data.source
         countries = sorted(data.subdivisions)
         if self.max_dbs > len(countries):
-            raise ValueError(f"max_dbs={self.max_dbs} exceeds the {len(countries)} countries")
+            raise ValueError(
+                f"max_dbs={self.max_dbs} exceeds the {len(countries)} countries with"
+                " subdivisions, and each database contains one country: lower max_dbs"
+            )
         self._prepare_root()
         rng = random.Random(self.seed)
         for host in host_names(self.count):
@@ -450,7 +455,7 @@ class PgFleet:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", type=Path, help="directory for the clusters; missing or empty")
+    parser.add_argument("root", type=Path, help="directory for the clusters, missing or empty")
     parser.add_argument("--clusters", type=int, default=3, help="number of clusters (default 3)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

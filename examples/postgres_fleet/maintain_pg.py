@@ -63,7 +63,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Maintain one PostgreSQL database; Bistro appends NODE STATUS_PIPE JSON_ARG."
     )
-    parser.add_argument("--ports", type=Path, required=True, help="JSON file: host -> port")
+    parser.add_argument(
+        "--ports", type=Path, required=True, help="JSON file mapping host names to ports"
+    )
     parser.add_argument("--out", type=Path, required=True, help="directory for results")
     parser.add_argument(
         "--hold-seconds",
@@ -130,7 +132,8 @@ def wait_for_backend_exit(port: int, backend_pid: int) -> None:
     """Wait until server process ``backend_pid`` has left ``pg_stat_activity``.
 
     A server process exits shortly after its client closes the connection, not at once.
-    Waiting here keeps the task's admission longer than the server shows its connection.
+    Waiting here means the task reports its status, and so frees its admission, only after
+    the server has dropped the connection.
 
     :raises TimeoutError: when the process is still listed after 10 s.
     """
@@ -139,7 +142,7 @@ def wait_for_backend_exit(port: int, backend_pid: int) -> None:
     try:
         with connection.cursor() as cursor:
             while True:
-                # Each statement runs in its own transaction, so it reads fresh statistics.
+                # Each statement runs in its own transaction, so it reads a fresh snapshot.
                 cursor.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (backend_pid,))
                 if cursor.fetchone() is None:
                     return

@@ -64,15 +64,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="missing or empty directory for the clusters, reachable by the postgres OS user"
         " (default: a new directory from tempfile.mkdtemp, deleted at the end)",
     )
-    parser.add_argument("--clusters", type=int, default=3, help="PostgreSQL clusters (hosts)")
-    parser.add_argument("--min-dbs", type=int, default=10, help="min databases per cluster")
-    parser.add_argument("--max-dbs", type=int, default=20, help="max databases per cluster")
+
+    parser.add_argument(
+        "--clusters", type=int, default=3, help="PostgreSQL clusters, one per host (default 3)"
+    )
+    parser.add_argument(
+        "--min-dbs", type=int, default=10, help="min databases per cluster (default 10)"
+    )
+    parser.add_argument(
+        "--max-dbs", type=int, default=20, help="max databases per cluster (default 20)"
+    )
     parser.add_argument(
         "--hold-seconds",
         type=float,
         default=1.0,
         help="seconds each task keeps its connection open after its work (default 1.0)",
     )
+
     parser.add_argument(
         "--worker-processes",
         type=int,
@@ -82,6 +90,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, default=900.0, help="seconds to wait for the run (default 900)"
     )
+
     args = parser.parse_args(argv)
     if args.clusters < 1 or args.worker_processes < 1:
         parser.error("--clusters and --worker-processes must be at least 1")

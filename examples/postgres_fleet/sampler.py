@@ -29,7 +29,7 @@ COUNT_QUERY = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s
 
 @dataclass
 class ClusterSamples:
-    """What the sampler saw on one cluster."""
+    """Sample counts, maximum and histogram of one cluster."""
 
     port: int
     samples: int = 0
@@ -89,7 +89,7 @@ class ActivitySampler(threading.Thread):
         return self.summary()
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        """Return what was seen, by host name."""
+        """Return each cluster's samples as a dict, by host name."""
         return {host: samples.as_dict() for host, samples in sorted(self.clusters.items())}
 
     def max_per_host(self) -> dict[str, int]:
@@ -111,7 +111,7 @@ class ActivitySampler(threading.Thread):
                 connection.close()
 
     def _sample_round(self) -> bool:
-        """Sample every cluster once; return whether every cluster answered."""
+        """Sample every cluster once and return whether every query succeeded."""
         answered = 0
         for host, samples in self.clusters.items():
             try:

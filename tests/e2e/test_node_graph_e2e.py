@@ -5,7 +5,8 @@ source is a script that lists the names in a file; the job's command writes ``do
 status pipe. Every script run appends to a call log, so "no run while the graph stays
 unchanged" is checked after a counted number of watcher polls, not after a fixed time. At
 the end the whole stack restarts on the same database, which checks that the fingerprint in
-the asset state store keeps a new triggerer from reporting the same graph again.
+the asset state store keeps a new triggerer from reporting the same graph again. Last, a
+deferred NodeGraphSensor resumes when the graph changes once more.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 JOB = "live"
 DAG_ID = f"bistro_{JOB}"
 ASSET_NAME = f"bistro-nodes-{JOB}"
+SENSOR_DAG_ID = "node_graph_sensor"
 POLL_INTERVAL = 2.0
 GUARD_SECONDS = 120.0
 
@@ -39,10 +41,22 @@ import pathlib
 import sys
 import time
 
-here = pathlib.Path(__file__).parent
-with open(here / "calls.log", "a") as calls:
+folder = pathlib.Path(__file__).parent
+with open(folder / "calls.log", "a") as calls:
     calls.write("%.3f parent pid %d\\n" % (time.time(), os.getppid()))
-sys.stdout.write((here / "nodes.txt").read_text())
+sys.stdout.write((folder / "nodes.txt").read_text())
+"""
+
+SENSOR_DAG = f"""\
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG
+
+from bistro_provider.sensors.node_graph import NodeGraphSensor
+
+with DAG("{SENSOR_DAG_ID}", schedule=None, start_date=pendulum.datetime(2024, 1, 1)):
+    NodeGraphSensor(task_id="wait_for_nodes", level="host", poke_interval=1, timeout=300)
 """
 
 # Bistro's task protocol: argv ends in the node, the status pipe path and the JSON argument.
@@ -147,6 +161,7 @@ def live_job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveJob]:
     dags = root / "dags"
     dags.mkdir()
     (dags / "bistro_jobs.py").write_text((REPO_ROOT / "dags" / "bistro_jobs.py").read_text())
+    (dags / "node_graph_sensor.py").write_text(SENSOR_DAG)
     env = {
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",
@@ -227,8 +242,38 @@ def after_restart(live_job: LiveJob, history: dict[str, Any]) -> dict[str, Any]:
     return {"runs": live_job.runs(), "events": live_job.asset_events()}
 
 
-def test_restarted_watcher_reports_no_old_change(
+def test_restarted_watcher_stays_quiet(
     history: dict[str, Any], after_restart: dict[str, Any]
 ) -> None:
     assert len(after_restart["events"]) == len(history["quiet_events"])
     assert len(after_restart["runs"]) == len(history["quiet_runs"])
+
+
+def sensor_state(job: LiveJob, run_id: str) -> str | None:
+    instances = job.stack.task_instances(SENSOR_DAG_ID, run_id)
+    return instances[0]["state"] if instances else None
+
+
+@pytest.fixture(scope="module")
+def sensor_result(live_job: LiveJob, after_restart: dict[str, Any]) -> dict[str, Any]:
+    """Defer the sensor on the current graph, change the graph, and return its result."""
+    job = live_job
+    run_id = job.stack.trigger(SENSOR_DAG_ID)
+    wait_until(lambda: sensor_state(job, run_id) == "deferred", "the sensor to defer", job)
+    job.write_nodes("a", "b", "c", "d")
+    state = job.stack.wait_for_run(SENSOR_DAG_ID, run_id, timeout=GUARD_SECONDS)
+    path = (
+        f"/api/v2/dags/{SENSOR_DAG_ID}/dagRuns/{run_id}/taskInstances/wait_for_nodes"
+        "/xcomEntries/return_value?deserialize=true"
+    )
+    return {"state": state, "payload": job.stack.api("GET", path)["value"]}
+
+
+def test_deferred_sensor_resumes_on_change(
+    history: dict[str, Any], sensor_result: dict[str, Any]
+) -> None:
+    last_reported = history["quiet_events"][-1]["extra"]["payload"]["fingerprint"]
+    assert sensor_result["state"] == "success"
+    assert sensor_result["payload"]["previous"] == last_reported
+    assert sensor_result["payload"]["fingerprint"] != last_reported
+    assert sensor_result["payload"]["nodes"] == 4

@@ -34,7 +34,7 @@ def _require_server_binaries() -> None:
         return
     reason = f"PostgreSQL server binaries not found ({INITDB_GLOB} matches nothing)"
     if _running_under_ci():
-        pytest.fail(f"{reason}; CI is set, so the test must run: install postgresql")
+        pytest.fail(f"{reason}. CI is set, so the test must run: install postgresql")
     pytest.skip(f"{reason}: install the postgresql server package to run this test")
 
 
@@ -87,8 +87,8 @@ def test_cluster_never_exceeds_host_limit(summary: dict[str, Any], host: str) ->
 
 
 def test_some_cluster_reaches_host_limit(summary: dict[str, Any]) -> None:
-    # With eight worker processes and three hosts, admission fills hosts to their limit;
-    # a maximum of 1 everywhere would mean the tasks ran one at a time.
+    # Eight worker processes can run more tasks than three hosts allow, so admission fills
+    # hosts to their limit. A maximum of 1 everywhere would mean the tasks ran one at a time.
     peaks = summary["max_batch_connections_per_host"].values()
     assert summary["host_limit"] in peaks
 

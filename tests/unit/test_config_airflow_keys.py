@@ -29,7 +29,7 @@ def job_with_airflow(airflow: Any) -> Job:
     return parse_job({"owner": "o", "airflow": airflow})
 
 
-def test_job_without_airflow_object_is_not_continuous() -> None:
+def test_job_defaults_to_not_continuous() -> None:
     job = parse_job({"owner": "o"})
     assert job.continuous is False
     assert job.poll_interval == 60.0

@@ -352,7 +352,7 @@ def executor_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mocker: Any) -
     session = MagicMock(name="session")
     context = MagicMock(name="create_session")
     context.return_value.__enter__.return_value = session
-    mocker.patch("bistro_provider.executors.bistro_executor.create_session", context)
+    mocker.patch("bistro_provider.executors.base.create_session", context)
     mocker.patch("airflow.utils.session.create_session", context)
     xcom_set = mocker.patch("airflow.models.xcom.XComModel.set")
     grants = FakeGrantTable()

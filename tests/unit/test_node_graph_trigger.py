@@ -49,13 +49,13 @@ NODE_SCRIPT = """\
 import pathlib
 import sys
 
-here = pathlib.Path(__file__).parent
-with open(here / "calls.log", "a") as calls:
+folder = pathlib.Path(__file__).parent
+with open(folder / "calls.log", "a") as calls:
     calls.write("call\\n")
-if (here / "fail").exists():
+if (folder / "fail").exists():
     print("node list unavailable", file=sys.stderr)
     sys.exit(1)
-sys.stdout.write((here / "nodes.txt").read_text())
+sys.stdout.write((folder / "nodes.txt").read_text())
 """
 
 
@@ -101,7 +101,10 @@ def graph(tmp_path: Path) -> GraphFiles:
             "nodes": {
                 "levels": ["host"],
                 "node_sources": [
-                    {"source": "script", "prefs": {"parent_level": "instance", "script": str(script)}}
+                    {
+                        "source": "script",
+                        "prefs": {"parent_level": "instance", "script": str(script)},
+                    }
                 ],
             },
             "resources": {},
@@ -228,9 +231,7 @@ def test_fingerprint_is_sha256_hex() -> None:
     [
         pytest.param(BASE_HOSTS + [("h3", True, frozenset())], BASE_DBS, id="node-added"),
         pytest.param(BASE_HOSTS, BASE_DBS[:1], id="node-removed"),
-        pytest.param(
-            [("h1", False, frozenset()), BASE_HOSTS[1]], BASE_DBS, id="node-disabled"
-        ),
+        pytest.param([("h1", False, frozenset()), BASE_HOSTS[1]], BASE_DBS, id="node-disabled"),
         pytest.param(
             [BASE_HOSTS[0], ("h2", True, frozenset({"hdd"}))], BASE_DBS, id="tags-changed"
         ),
@@ -256,7 +257,7 @@ def test_fingerprint_of_unknown_level_raises() -> None:
         graph_fingerprint(make_forest(BASE_HOSTS, BASE_DBS), "rack")
 
 
-def test_snapshot_names_qualify_levels_when_unfiltered() -> None:
+def test_unfiltered_snapshot_qualifies_names() -> None:
     snapshot = snapshot_graph(make_forest(BASE_HOSTS, BASE_DBS))
     assert "host/h1" in snapshot.names
     assert "db/d2" in snapshot.names
@@ -271,7 +272,7 @@ def test_payload_caps_listed_names() -> None:
     assert payload["added_count"] == MAX_LISTED_NAMES + 5
 
 
-def test_payload_diff_unknown_without_previous_names() -> None:
+def test_payload_without_previous_names() -> None:
     current = snapshot_graph(make_forest(BASE_HOSTS, BASE_DBS), "host")
     payload = change_payload(current, "old", None, "host")
     assert payload["added"] is None
@@ -294,7 +295,7 @@ def test_trigger_rejects_non_positive_interval(interval: float) -> None:
         NodeGraphTrigger(config_file="/c.json", poll_interval=interval)
 
 
-def test_trigger_fires_first_poll_without_stored_state(graph: GraphFiles) -> None:
+def test_trigger_fires_without_stored_state(graph: GraphFiles) -> None:
     async def scenario() -> dict[str, Any]:
         collector = EventCollector(make_trigger(graph))
         await wait_until(lambda: len(collector.payloads) == 1, "the first event")
@@ -472,7 +473,7 @@ def test_change_trigger_fires_once_and_returns(graph: GraphFiles) -> None:
     assert collector.payloads[0]["added"] == ["c"]
 
 
-def test_change_trigger_fires_at_once_for_old_fingerprint(graph: GraphFiles) -> None:
+def test_change_trigger_fires_for_stale_since(graph: GraphFiles) -> None:
     async def scenario() -> EventCollector:
         collector = EventCollector(make_change_trigger(graph, "0" * 64))
         await wait_until(lambda: collector.finished, "the trigger to return")
@@ -536,7 +537,7 @@ def test_sensor_defers_with_start_fingerprint(graph: GraphFiles) -> None:
     assert defer.call_args.kwargs["timeout"].total_seconds() == 600
 
 
-def test_sensor_returns_at_once_when_graph_already_differs(graph: GraphFiles) -> None:
+def test_sensor_skips_defer_after_change(graph: GraphFiles) -> None:
     since = graph.fingerprint()
     graph.write_nodes("a", "b", "c")
     sensor = make_sensor(graph, since=since)
@@ -569,7 +570,7 @@ def test_sensor_poke_mode_waits_from_start(graph: GraphFiles) -> None:
     assert result["added"] == ["e"]
 
 
-def test_sensor_reschedule_without_since_is_rejected(graph: GraphFiles) -> None:
+def test_sensor_reschedule_requires_since(graph: GraphFiles) -> None:
     with pytest.raises(ValueError, match="needs since="):
         make_sensor(graph, deferrable=False, mode="reschedule")
 
@@ -605,14 +606,10 @@ def test_plain_job_dag_keeps_manual_schedule(graph: GraphFiles, options: BistroO
 
 def test_continuous_job_rejects_schedule(graph: GraphFiles, options: BistroOptions) -> None:
     with pytest.raises(ValueError, match="remove schedule='@daily'"):
-        bistro_job_dag(
-            "watch", config_file=graph.config_file, continuous=True, schedule="@daily"
-        )
+        bistro_job_dag("watch", config_file=graph.config_file, continuous=True, schedule="@daily")
 
 
-def test_continuous_unknown_job_names_defined_jobs(
-    graph: GraphFiles, options: BistroOptions
-) -> None:
+def test_continuous_unknown_job_lists_jobs(graph: GraphFiles, options: BistroOptions) -> None:
     with pytest.raises(ValueError, match="defined jobs: plain, watch"):
         bistro_job_dag("nope", config_file=graph.config_file, continuous=True)
 

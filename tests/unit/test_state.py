@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -272,7 +271,8 @@ def test_forest_lists_nodes_held_after_leaving(session: Session, airflow_home: P
     assert gone["in_forest"] is False
     assert gone["path"] == ["instance", "host9", "db99"]
     assert gone["usage"] == {"conns": 1}
-    assert gone["fill"] == "over"
+    assert gone["capacity"] == {"conns": 1}
+    assert gone["fill"] == "full"
 
 
 @pytest.mark.parametrize(
@@ -571,11 +571,10 @@ def test_clear_capacity_without_override_is_not_found(session: Session, airflow_
 # -- forgive and kill ----------------------------------------------------------------------
 
 
-def make_run(session: Session, job: str, run_id: str, ti_state: str) -> str:
+def make_run(session: Session, job: str, run_id: str, state: str) -> str:
     """Create a run of the job DAG whose mapped task has one instance, map index 0."""
     from airflow.models.dagbag import DBDagBag
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils import timezone
+    from airflow.sdk import timezone
     from airflow.utils.state import DagRunState
     from airflow.utils.types import DagRunTriggeredByType, DagRunType
 
@@ -586,29 +585,32 @@ def make_run(session: Session, job: str, run_id: str, ti_state: str) -> str:
         run_after=timezone.utcnow(),
         run_type=DagRunType.MANUAL,
         triggered_by=DagRunTriggeredByType.TEST,
-        state=DagRunState.RUNNING if ti_state == "running" else DagRunState.FAILED,
+        state=DagRunState.RUNNING if state == "running" else DagRunState.FAILED,
         session=session,
     )
-    ti = session.scalars(
-        select(TaskInstance).where(
-            TaskInstance.dag_id == f"bistro_{job}",
-            TaskInstance.run_id == run_id,
-            TaskInstance.task_id == "run",
-        )
-    ).one()
+    ti = mapped_ti(session, job, run_id, -1)
     ti.map_index = 0
-    ti.state = ti_state
+    ti.state = state
     session.flush()
     return str(ti.id)
 
 
-def ti_state(session: Session, ti_id: str) -> str | None:
+def mapped_ti(session: Session, job: str, run_id: str, map_index: int = 0) -> Any:
     from airflow.models.taskinstance import TaskInstance
 
     session.expire_all()
-    ti = session.get(TaskInstance, uuid.UUID(ti_id))
-    assert ti is not None
-    return None if ti.state is None else str(getattr(ti.state, "value", ti.state))
+    query = select(TaskInstance).where(
+        TaskInstance.dag_id == f"bistro_{job}",
+        TaskInstance.run_id == run_id,
+        TaskInstance.task_id == "run",
+        TaskInstance.map_index == map_index,
+    )
+    return session.scalars(query).one()
+
+
+def ti_state(session: Session, job: str, run_id: str) -> str | None:
+    state = mapped_ti(session, job, run_id).state
+    return None if state is None else str(getattr(state, "value", state))
 
 
 def test_forgive_persists_retryable_statuses(session: Session, airflow_home: Path) -> None:
@@ -635,13 +637,13 @@ def test_forgive_persists_retryable_statuses(session: Session, airflow_home: Pat
 
 def test_forgive_clears_failed_task_instances(session: Session, airflow_home: Path) -> None:
     publish(session)
-    failed = make_run(session, "job1", "manual__failed", "failed")
-    succeeded = make_run(session, "job1", "manual__ok", "success")
+    make_run(session, "job1", "manual__failed", "failed")
+    make_run(session, "job1", "manual__ok", "success")
     result = load(session, airflow_home).forgive_job(USER, "job1")
     session.commit()
-    assert result["cleared_task_instances"] == [failed]
-    assert ti_state(session, failed) is None
-    assert ti_state(session, succeeded) == "success"
+    assert result["cleared_task_instances"] == [{"run_id": "manual__failed", "map_index": 0}]
+    assert ti_state(session, "job1", "manual__failed") is None
+    assert ti_state(session, "job1", "manual__ok") == "success"
 
 
 def test_forgive_rejects_unknown_job(session: Session, airflow_home: Path) -> None:
@@ -658,7 +660,7 @@ def test_kill_marks_running_task_failed(session: Session, airflow_home: Path) ->
     session.commit()
     audits = audit_rows(session)
     assert result["previous_state"] == "running"
-    assert ti_state(session, ti_id) == "failed"
+    assert ti_state(session, "job1", "manual__1") == "failed"
     assert [(a.user, a.action) for a in audits] == [(USER, "kill_task")]
 
 

@@ -1,0 +1,314 @@
+"""Bistro's resource-forest admission in front of any Airflow executor.
+
+`BistroAdmissionMixin` goes before an executor class in the bases (LocalExecutor for the
+embedded default, CeleryExecutor for the production path) and decides which queued task
+instances that executor may run now.
+
+How tasks wait: Airflow queues a task instance here, and it stays in `queued_tasks` (QUEUED
+in the database) until a pass admits it. Every heartbeat runs the Bistro policy over all
+waiting tasks, not only the highest-priority few, so a task that fits never waits behind
+tasks that do not. How many tasks may wait (`[bistro] max_waiting_tasks`) and how many
+worker processes run them (`[bistro] worker_processes`) are separate settings, and only
+admitted tasks count as occupied slots, so waiting tasks never use up `[core] parallelism`
+for other DAGs.
+
+Crash windows: a grant is committed to the metadata database before its task is handed to
+a worker process, and removed only after the executor sees the try end. A scheduler that
+dies in between leaves the grant behind; the next scheduler keeps it as long as the task
+instance is queued or running, so a restart never over-allocates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from airflow.utils.session import create_session
+from airflow.utils.state import TaskInstanceState
+
+from bistro_provider.core.live import LiveForest, RefreshIntervals
+from bistro_provider.executors.admission import AdmissionController, Granted
+from bistro_provider.executors.endings import record_endings
+from bistro_provider.executors.orphans import (
+    OrphanTracker,
+    StopRequest,
+    stop_task_instances,
+    waiting_to_drop,
+)
+from bistro_provider.executors.publisher import StatePublisher
+from bistro_provider.core.workers import WorkerInfo, WorkerPool
+from bistro_provider.options import BistroOptions
+from bistro_provider.store import repository
+
+log = logging.getLogger(__name__)
+
+RUNNING_STATES = (TaskInstanceState.RUNNING, TaskInstanceState.QUEUED)
+
+
+class BistroAdmissionMixin:
+    """Admission for an executor class that follows it in the bases.
+
+    Tasks of Bistro job DAGs wait for resources; any other task runs as soon as a slot is
+    free. Subclasses call `_init_bistro(options)` from `__init__` after the executor's own
+    `__init__`, and provide `_current_workers()`.
+    """
+
+    parallelism: int
+    queued_tasks: dict[Any, Any]
+    queued_callbacks: dict[Any, Any]
+    queued_connection_tests: dict[Any, Any]
+
+    def _init_bistro(self, options: BistroOptions) -> None:
+        self.options = options
+        live = None
+        if self.options.config_file:
+            live = LiveForest(
+                self.options.config_file,
+                RefreshIntervals(
+                    config_update=self.options.config_update_interval,
+                    nodes_update=self.options.nodes_update_interval,
+                    nodes_retry=self.options.nodes_retry_interval,
+                    script_timeout=self.options.script_timeout,
+                    max_deletion_fraction=self.options.max_node_deletion_fraction,
+                ),
+            )
+        self.admission = AdmissionController(live, workers=WorkerPool(_empty_settings()))
+        self.admission.full_pass_interval = self.options.full_pass_interval
+        self._dispatched: dict[Any, str] = {}
+        """Workloads handed to worker processes: key to task instance id ('' for others)."""
+        self._ended: list[tuple[Any, Any, str | None]] = []
+        self._next_reconcile = 0.0
+        self._next_sync = 0.0
+        self.publisher = StatePublisher(self.admission)
+        self.orphans = OrphanTracker()
+
+    # -- capacity reported to the scheduler -----------------------------------------------
+
+    @property
+    def slots_occupied(self) -> int:
+        """Count only dispatched work, so that waiting tasks do not use `[core] parallelism`."""
+        return len(self._dispatched) + len(self.queued_callbacks) + len(self.queued_connection_tests)
+
+    @property
+    def slots_available(self) -> int:
+        """Accept new tasks until `max_waiting_tasks` wait here, whatever runs."""
+        waiting = len(self.queued_tasks) + len(self.queued_callbacks)
+        return max(0, self.options.max_waiting_tasks - waiting)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _current_workers(self) -> list[WorkerInfo]:
+        """Return the workers that may run tasks now."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        super().start()  # type: ignore[misc]
+        with create_session() as session:
+            repository.ensure_tables(session)
+            _ensure_pool(self.options.pool, session)
+            stale = self.admission.rebuild(session)
+            repository.delete_grants(session, stale)
+            self._refresh_overrides(session)
+        if self.admission.live is None:
+            log.warning(
+                "[bistro] config_file is not set: Bistro job tasks will wait until it is; "
+                "other tasks run normally"
+            )
+        else:
+            self.admission.live.poll(force=True)
+
+    # -- admission ------------------------------------------------------------------------
+
+    def trigger_tasks(self, open_slots: int) -> None:
+        """Dispatch callbacks and plain tasks, then admit Bistro tasks that fit."""
+        if self.admission.live is not None:
+            self.admission.live.poll()
+        self.admission.set_workers(self._current_workers())
+        free = self.parallelism - len(self._dispatched)
+        callbacks = list(self.queued_callbacks.values())[: max(free, 0)]
+        free -= len(callbacks)
+        if not self.queued_tasks:
+            self._dispatch(callbacks, [])
+            return
+        with create_session() as session:
+            plain = self.admission.resolve(self._unresolved(), session)
+            plain = sorted(plain, key=lambda w: -w.ti.priority_weight)[: max(free, 0)]
+            free -= len(plain)
+            granted = self._admit(free, session)
+        self._dispatch([*callbacks, *plain], granted)
+
+    def _unresolved(self) -> list[Any]:
+        waiting = self.admission.waiting
+        return [w for key, w in self.queued_tasks.items() if key not in waiting]
+
+    def _admit(self, free: int, session: Any) -> list[Granted]:
+        if free <= 0 or not self.admission.waiting:
+            return []
+        if not self.admission.pass_due(time.time()):
+            return []
+        jobs = {task.job for task in self.admission.waiting.values()}
+        statuses = repository.load_statuses(session, jobs | _dependency_jobs(self.admission, jobs))
+        # Read-check-write under one lock: the grants of every scheduler, then this pass.
+        repository.lock_admission(session)
+        self.admission.sync_ledger(repository.load_grants(session))
+        granted = self.admission.run_pass(free, statuses)
+        if not granted:
+            session.rollback()
+            return []
+        try:
+            self.admission.commit(granted, session, statuses)
+            session.commit()
+        except Exception:
+            # The tasks stay queued here and are tried again on the next heartbeat.
+            session.rollback()
+            self.admission.rollback(granted)
+            log.exception("Could not record %d Bistro grants; will retry", len(granted))
+            return []
+        return granted
+
+    def _dispatch(self, others: list[Any], granted: list[Granted]) -> None:
+        workloads = list(others)
+        for item in granted:
+            workload = item.task.workload
+            self.admission.forget(workload.ti.key)
+            self._route(workload, item.worker)
+            workloads.append(workload)
+            log.info(
+                "Admitted %s of job %s on %s (holds %s)",
+                workload.ti.key,
+                item.admission.job,
+                item.admission.node,
+                item.admission.holdings,
+            )
+        if not workloads:
+            return
+        for workload in workloads:
+            ti = getattr(workload, "ti", None)
+            if ti is not None:
+                # The scheduler minted this token when it queued the task; it expires after
+                # [scheduler] task_queued_timeout, so a task that waited long needs a new one.
+                workload.token = workload.generate_token(str(ti.id), self.jwt_generator)
+            self._dispatched[workload.key] = str(ti.id) if ti is not None else ""
+        self._process_workloads(workloads)
+
+    def _route(self, workload: Any, worker: WorkerInfo | None) -> None:
+        """Send `workload` to the chosen worker; the local executor has only one."""
+
+    # -- endings --------------------------------------------------------------------------
+
+    def change_state(self, key: Any, state: Any, info: Any = None, remove_running: bool = True):
+        if state not in (TaskInstanceState.RUNNING, TaskInstanceState.QUEUED):
+            self._ended.append((key, state, self._dispatched.pop(key, None)))
+            self.admission.mark_dirty()
+        super().change_state(key, state, info, remove_running=remove_running)
+
+    def sync(self) -> None:
+        super().sync()
+        if self._ended:
+            ended, self._ended = self._ended, []
+            record_endings(self.admission, ended)
+        now = time.time()
+        if now >= self._next_sync:
+            self._next_sync = now + self.options.state_sync_interval
+            self.admission.forget_finished_runs()
+            lost = self._forget_lost_tasks()
+            with create_session() as session:
+                repository.delete_grants(session, lost)
+                self._refresh_overrides(session)
+                self._handle_orphans(session, now)
+                self.publisher.publish(session)
+        if now >= self._next_reconcile:
+            self._next_reconcile = now + self.options.grant_check_interval
+            with create_session() as session:
+                self._release_foreign_grants(session)
+
+    def _forget_lost_tasks(self) -> list[str]:
+        """Stop counting tasks of lost workers as dispatched; return their grant ids."""
+        lost = {task.ti_id for task in self.admission.lost_tasks}
+        self.admission.lost_tasks = []
+        for key, ti_id in list(self._dispatched.items()):
+            if ti_id in lost:
+                del self._dispatched[key]
+        return sorted(lost)
+
+    def _handle_orphans(self, session: Any, now: float) -> None:
+        stops = self.orphans.scan(self.admission, now)
+        if stops:
+            stop_task_instances(session, stops)
+        if not self.admission.waiting:
+            return
+        jobs = {task.job for task in self.admission.waiting.values()}
+        statuses = repository.load_statuses(session, jobs)
+        drops = waiting_to_drop(self.admission, statuses)
+        if not drops:
+            return
+        stop_task_instances(session, [StopRequest(task.ti_id, note) for task, note in drops])
+        for task, _note in drops:
+            key = task.workload.ti.key
+            self.admission.forget(key)
+            self.queued_tasks.pop(key, None)
+
+    def _refresh_overrides(self, session: Any) -> None:
+        overrides = repository.load_capacity_overrides(session)
+        if overrides != self.admission.overrides:
+            self.admission.overrides = overrides
+            self.admission.mark_dirty()
+
+    def _release_foreign_grants(self, session: Any) -> None:
+        """Release grants held by tasks that another scheduler process admitted and that are
+        no longer queued or running (they survived a restart of the scheduler)."""
+
+        ours = set(self._dispatched.values())
+        foreign = [h for h in self.admission.ledger.holders() if h not in ours]
+        if not foreign:
+            return
+        states = repository.ti_states(session, foreign)
+        gone = [h for h in foreign if states.get(h) not in RUNNING_STATES]
+        for holder in gone:
+            self.admission.ledger.release(holder)
+        repository.delete_grants(session, gone)
+        session.commit()
+        if gone:
+            log.info("Released %d grants of tasks that are no longer running", len(gone))
+
+    def end(self) -> None:
+        super().end()
+        if self._ended:
+            record_endings(self.admission, self._ended)
+            self._ended = []
+
+
+def _empty_settings() -> Any:
+    """Settings with no resources, used until the first config loads."""
+    from bistro_provider.core.model import Settings
+
+    return Settings(levels=("instance", "worker"), resources={"instance": {}, "worker": {}})
+
+
+def _dependency_jobs(admission: AdmissionController, jobs: set[str]) -> set[str]:
+    config = admission.live.config if admission.live else None
+    if config is None:
+        return set()
+    return {dep for name in jobs if name in config.jobs for dep in config.jobs[name].depends_on}
+
+
+def _ensure_pool(name: str, session: Any) -> None:
+    """Create the job DAGs' pool with unlimited slots if it does not exist.
+
+    Job tasks wait here in QUEUED state, which occupies pool slots; an unlimited pool keeps
+    them from starving other DAGs' tasks in `default_pool`.
+    """
+    from airflow.models.pool import Pool
+
+    if Pool.get_pool(name, session=session) is None:
+        Pool.create_or_update_pool(
+            name,
+            slots=-1,
+            description="Bistro job tasks; admission is done by BistroExecutor",
+            include_deferred=False,
+            session=session,
+        )
+        session.commit()
+        log.info("Created pool %s with unlimited slots for Bistro job tasks", name)
+

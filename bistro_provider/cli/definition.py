@@ -33,7 +33,8 @@ COMMANDS = (
     ActionCommand(
         name="validate",
         help="Check a Bistro config and list every error with its key path",
-        description="Exit status: 0 valid, 1 errors found (settings or any job), 2 bad arguments.",
+        description="Exit status: 0 valid, 1 errors found (settings or any job), "
+        "2 bad arguments.",
         func=lazy_load_command("bistro_provider.cli.commands.validate"),
         args=(ARG_CONFIG, ARG_JSON),
     ),
@@ -88,8 +89,9 @@ ARG_IMPORT_CONFIG = Arg(
 )
 ARG_WRITE_DAG_FILE = Arg(
     ("--write-dag-file",),
-    help="Write the DAG file to this path (normally in the dags folder, AIRFLOW__CORE__DAGS_FOLDER); an existing file "
-    "with other content is left alone and reported as an error",
+    help="Write the DAG file to this path, normally in the dags folder "
+    "(AIRFLOW__CORE__DAGS_FOLDER); an existing file with other content is left alone and "
+    "reported as an error",
 )
 
 CAPACITY_COMMANDS = (
@@ -97,9 +99,9 @@ CAPACITY_COMMANDS = (
         name="set",
         help="Set a live limit for one resource of one node",
         description="The override wins over the level's limit and the node source's value; "
-        "the scheduler applies it within AIRFLOW__BISTRO__STATE_SYNC_INTERVAL seconds (2 by default). Lowering a "
-        "limit below current usage stops nothing, it only admits nothing new until usage "
-        f"drops. Audited as cli:<OS user>. {EXIT_CODES}",
+        "the scheduler applies it within AIRFLOW__BISTRO__STATE_SYNC_INTERVAL seconds (2 by "
+        "default). Lowering a limit below current usage stops nothing, it only admits nothing "
+        f"new until usage drops. Audited as cli:<OS user>. {EXIT_CODES}",
         func=lazy_load_command(STATE + "capacity_set"),
         args=(ARG_CAP_LEVEL, ARG_CAP_NODE, ARG_RESOURCE, ARG_AMOUNT, ARG_STATE_JSON),
     ),

@@ -108,7 +108,8 @@ def _forest_lines(data: dict[str, Any]) -> list[str]:
     rows = []
     for node in data["nodes"]:
         depth = levels.index(node["level"]) if node["level"] in levels else 0
-        name = "  " * depth + node["name"] + ("" if node["in_forest"] else " (gone)")
+        gone = not node["in_forest"] and node["level"] != "worker"
+        name = "  " * depth + node["name"] + (" (gone)" if gone else "")
         state = node["fill"] + ("" if node["enabled"] else ", disabled")
         rows.append(
             [
@@ -138,7 +139,12 @@ def _jobs_lines(data: dict[str, Any]) -> list[str]:
     rows = []
     notes = []
     for job in data["jobs"]:
-        status = "invalid" if not job["valid"] else ("enabled" if job["enabled"] else "disabled")
+        if not job["valid"]:
+            status = "invalid"
+        elif job["enabled"]:
+            status = "enabled"
+        else:
+            status = "disabled"
         progress = job["progress"] or {}
         rows.append([job["name"], status, *(str(progress.get(key, "-")) for key in keys)])
         notes += [f"{job['name']}: {error}" for error in job["errors"]]
@@ -155,7 +161,7 @@ def running(args: Any) -> None:
 def _running_lines(data: dict[str, Any]) -> list[str]:
     rows = []
     for task in data["tasks"]:
-        holds = "; ".join(
+        holdings = "; ".join(
             f"{item['node']}: {_amounts(item['resources'])}" for item in task["holdings"]
         )
         rows.append(
@@ -165,7 +171,7 @@ def _running_lines(data: dict[str, Any]) -> list[str]:
                 task["state"] or "-",
                 task["worker"] or "-",
                 format_time(task["granted_at"]),
-                holds or "-",
+                holdings or "-",
             ]
         )
     header = ["JOB", "NODE", "AIRFLOW STATE", "WORKER", "ADMITTED", "HOLDS"]
@@ -197,8 +203,8 @@ def explain(args: Any) -> None:
 def _explain_lines(data: dict[str, Any]) -> list[str]:
     lines = [f"{data['job']} on {data['node']}: {data['state']}", f"  {data['reason']}"]
     for key, value in data["details"].items():
-        shown = json.dumps(value) if isinstance(value, dict | list) else value
-        lines.append(f"  {key}: {shown}")
+        value_text = json.dumps(value) if isinstance(value, dict | list) else value
+        lines.append(f"  {key}: {value_text}")
     return lines
 
 

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,14 @@ from bistro_provider.core.model import (
 SETTINGS_KEY = "bistro_settings"
 JOB_PREFIX = "bistro_job->"
 MAX_CONFIG_BYTES = 10 * 1024 * 1024
+# Deeper values would exhaust Python's stack in the JSON encoder and decoder, which recurse.
+MAX_NESTING_DEPTH = 100
+# A config file has fewer values than bytes, so more values than that can only come from
+# YAML aliases that repeat a part many times over (an "alias bomb").
+MAX_CONFIG_VALUES = MAX_CONFIG_BYTES
+# Compiling takes about 0.25 s per 100,000 characters (measured with Python 3.11 on a
+# 2-core VM), and a 10 MB pattern took 24 s, which stalls a config reload.
+MAX_REGEX_CHARS = 100_000
 MAX_JOB_NAME_LENGTH = 239
 KILL_METHODS = ("term", "kill", "term_wait_kill")
 DEFAULT_KILL_SUBPROCESS: Mapping[str, Any] = {"method": "term", "kill_wait_ms": 0}
@@ -137,8 +146,12 @@ def _show(value: Any) -> str:
     """Render a config value as JSON, shortened so that messages stay one line."""
     try:
         text = json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        text = repr(value)
+    except (TypeError, ValueError, RecursionError):
+        try:
+            text = repr(value)
+        except (ValueError, RecursionError):
+            # repr fails on integers over sys.get_int_max_str_digits() digits and deep values.
+            text = f"<{type(value).__name__} too large to show>"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -151,7 +164,14 @@ def _describe(value: Any) -> str:
 
 
 def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}"
+    return f"{path}.{_clip(str(key))}"
+
+
+def _clip(name: str) -> str:
+    """Shorten a key that is too long to be valid, so that a key path stays readable."""
+    if len(name) <= MAX_JOB_NAME_LENGTH:
+        return name
+    return f"{name[:40]}...({len(name)} characters)"
 
 
 def _item(path: str, index: int) -> str:
@@ -233,6 +253,10 @@ class _Checker:
     ) -> float | None:
         if not self._expect(value, (int, float), what, path):
             return None
+        if isinstance(value, int) and value.bit_length() > 1023:
+            message = f"must be a finite number, got an integer of {value.bit_length()} bits"
+            self.error(path, f"{message}, too large for a float; use a smaller number")
+            return None
         if not math.isfinite(value):
             self.error(path, f"must be a finite number, got {value}")
             return None
@@ -286,10 +310,16 @@ class _Checker:
         text = self.string(value, path, allow_empty=True)
         if not text:
             return None
+        if len(text) > MAX_REGEX_CHARS:
+            message = f"regular expression {_show(text)} is {len(text)} characters long"
+            self.error(path, f"{message}; the maximum is {MAX_REGEX_CHARS}, so shorten it")
+            return None
         try:
             return re.compile(text)
-        except re.error as exc:
-            self.error(path, f"invalid regular expression {_show(text)}: {exc}")
+        except (re.error, OverflowError, RecursionError) as exc:
+            # OverflowError: a repeat count such as {4294967296}; RecursionError: deep groups.
+            reason = exc if str(exc) else type(exc).__name__
+            self.error(path, f"invalid regular expression {_show(text)}: {reason}")
             return None
 
     def fraction(self, value: Any, path: str) -> float | None:
@@ -400,6 +430,11 @@ def _decode_text(text: str, origin: str, fmt: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         json_error = f"line {exc.lineno} column {exc.colno}: {exc.msg}"
+    except RecursionError:
+        raise ConfigError([ConfigIssue(origin, _too_deep("not valid JSON"))]) from None
+    except ValueError:
+        # The decoder raises a plain ValueError for an integer over the digit limit.
+        raise ConfigError([ConfigIssue(origin, _too_long_number("not valid JSON"))]) from None
     # Text that opens like a JSON object or list was meant as JSON, so the JSON error is the
     # useful one. YAML would accept or reject broken JSON in confusing ways.
     if fmt == "json" or text.lstrip().startswith(("{", "[")):
@@ -418,9 +453,71 @@ def _load_yaml(text: str, origin: str, label: str) -> Any:
         raise ConfigError([ConfigIssue(origin, message)]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigIssue(origin, f"{label}: {exc}")]) from exc
+    except RecursionError:
+        raise ConfigError([ConfigIssue(origin, _too_deep(label))]) from None
+    except (ValueError, OverflowError) as exc:
+        # PyYAML's constructors raise these for values such as the date 2001-02-30 or an
+        # integer over the digit limit, without a position.
+        message = f"{label}: invalid value ({exc}); quote it to make it a string, or fix it"
+        raise ConfigError([ConfigIssue(origin, message)]) from exc
+
+
+def _too_deep(label: str) -> str:
+    return f"{label}: nested too deeply to read; keep values under {MAX_NESTING_DEPTH} levels"
+
+
+def _too_long_number(label: str) -> str:
+    digits = sys.get_int_max_str_digits()
+    return f"{label}: a number has more than {digits} digits; shorten it or quote it"
+
+
+def _check_nesting(data: Any, origin: str) -> None:
+    """Raise ConfigError when `data` nests deeper than MAX_NESTING_DEPTH or holds more than
+    MAX_CONFIG_VALUES values, counting a part that YAML aliases repeat each time it appears.
+
+    The walk uses its own stack, so a deep value cannot overflow Python's, and it bounds
+    the work of later steps that recurse or expand the value: messages, and the JSON
+    argument that every task receives.
+    """
+    if not isinstance(data, (dict, list)):
+        return
+    stack: list[tuple[Any, int, tuple[Any, ...] | None]] = [(data, 0, None)]
+    count = 0
+    while stack:
+        value, depth, trail = stack.pop()
+        count += len(value)
+        if count > MAX_CONFIG_VALUES:
+            message = (
+                f"holds more than {MAX_CONFIG_VALUES} values once YAML aliases are expanded; "
+                "write the repeated parts out or make the config smaller"
+            )
+            raise ConfigError([ConfigIssue(origin, message)])
+        for key, child in value.items() if isinstance(value, dict) else enumerate(value):
+            if not isinstance(child, (dict, list)):
+                continue
+            if depth >= MAX_NESTING_DEPTH:
+                message = (
+                    f"nested more than {MAX_NESTING_DEPTH} levels deep, or a YAML alias "
+                    "refers to its own anchor; flatten the value"
+                )
+                raise ConfigError([ConfigIssue(_trail_path((key, trail)), message)])
+            stack.append((child, depth + 1, (key, trail)))
+
+
+def _trail_path(trail: tuple[Any, ...] | None) -> str:
+    keys = []
+    while trail is not None:
+        key, trail = trail
+        keys.append(key)
+    keys.reverse()
+    path = str(keys[0])
+    for key in keys[1:]:
+        path = _item(path, key) if isinstance(key, int) else _join(path, key)
+    return path if len(path) <= 120 else path[:117] + "..."
 
 
 def _build_config(data: Any, origin: str, config_dir: str | None = None) -> Config:
+    _check_nesting(data, origin)
     if not isinstance(data, dict):
         message = f"must be an object with {SETTINGS_KEY} and {JOB_PREFIX}NAME keys"
         raise ConfigError([ConfigIssue(origin, f"{message}, got {_describe(data)}")])
@@ -433,7 +530,7 @@ def _build_config(data: Any, origin: str, config_dir: str | None = None) -> Conf
             message = (
                 f"unknown top-level key, ignored; Bistro reads {SETTINGS_KEY} and {JOB_PREFIX}NAME"
             )
-            check.warn(str(key), message)
+            check.warn(_clip(str(key)), message)
     settings = _parse_settings(data.get(SETTINGS_KEY, _MISSING), check)
     settings = _check_node_sources(settings, check, config_dir)
     warnings = list(check.warnings)
@@ -841,7 +938,7 @@ def _parse_task_subprocess(
 def _parse_job(
     name: str, value: Any, settings: Settings, job_names: frozenset[str], check: _Checker
 ) -> Job:
-    path = JOB_PREFIX + name
+    path = JOB_PREFIX + _clip(name)
     if not _JOB_NAME.fullmatch(name) or len(name) > MAX_JOB_NAME_LENGTH:
         limit = MAX_JOB_NAME_LENGTH
         check.error(

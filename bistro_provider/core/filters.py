@@ -86,9 +86,11 @@ class PathEligibility:
     only valid while no node is enabled, disabled or added, so create one per pass.
     """
 
-    def __init__(self, job: Job, levels: tuple[str, ...]):
+    def __init__(self, job: Job, levels: tuple[str, ...], *, check_enabled: bool = True):
         self.job = job
         self.levels = levels
+        self.check_enabled = check_enabled
+        """False checks the filters only, for callers that track disabled nodes apart."""
         self._ancestors: dict[int, bool] = {}
 
     def eligible(self, node: Node) -> bool:
@@ -105,7 +107,7 @@ class PathEligibility:
         return known
 
     def _node_passes(self, node: Node) -> bool:
-        if not node.enabled:
+        if self.check_enabled and not node.enabled:
             return False
         flt = self.job.filters.get(self.levels[node.level])
         return flt is None or level_filter_accepts(flt, node, self.job.name)

@@ -60,7 +60,9 @@ def need_table(settings: Settings, job: Job) -> tuple[LevelNeeds, ...]:
     table = []
     for level in settings.levels:
         specs = settings.resources.get(level) or {}
-        table.append(tuple((name, job.resources.get(name, spec.default)) for name, spec in specs.items()))
+        table.append(
+            tuple((name, job.resources.get(name, spec.default)) for name, spec in specs.items())
+        )
     return tuple(table)
 
 
@@ -289,4 +291,3 @@ class PathCheck:
             blocker = Blocker(key[0], key[1], resource, need, in_use, limit)
             self._blockers[fields] = blocker
         return blocker
-

@@ -13,11 +13,11 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from bistro_provider.core.filters import task_eligibility
+from bistro_provider.core.filters import PathEligibility
 from bistro_provider.core.forest import Forest, Node
 from bistro_provider.core.model import Config, Job, Settings
 from bistro_provider.core.policies import JobCandidates, StartResult, run_policy
-from bistro_provider.core.resources import Blocker, Holdings, Ledger, task_needs
+from bistro_provider.core.resources import Blocker, Holdings, Ledger, PathCheck, needs_from_table
 
 TaskKey = tuple[str, str]
 """A Bistro task: (job name, node name)."""
@@ -94,7 +94,9 @@ def dependencies_done(
 
     A dependency on a job that is not defined can never be met, as in Bistro.
     """
-    known = set(known_jobs)
+    if not job.depends_on:
+        return True
+    known = known_jobs if isinstance(known_jobs, (set, frozenset, dict)) else set(known_jobs)
     for dependency in job.depends_on:
         if dependency not in known:
             return False
@@ -112,26 +114,45 @@ def job_candidates(
     now: float,
     node_names: list[str],
     running: set[TaskKey] | frozenset[TaskKey] = frozenset(),
+    *,
+    shared: dict[str, Candidate] | None = None,
 ) -> list[Candidate]:
-    """Return `job`'s candidates among `node_names` by Bistro's rules, keeping their order."""
+    """Return `job`'s candidates among `node_names` by Bistro's rules, keeping their order.
+
+    :param shared: candidates by node name that other jobs of the same pass built; a
+        candidate whose replicas are all eligible is taken from (or added to) it, so jobs
+        share one object per node instead of one per job and node.
+    """
     settings = config.settings
     level = settings.level_index(job.level_for_tasks or settings.level_for_tasks)
+    eligibility = PathEligibility(job, settings.levels)
+    shared = {} if shared is None else shared
     candidates = []
     for name in node_names:
-        if (job.name, name) in running:
+        if running and (job.name, name) in running:
             continue
-        if not status_allows_start(statuses.get((job.name, name)), now):
+        if statuses and not _status_and_dependencies_allow(config, job, name, statuses, now):
             continue
-        if not dependencies_done(job, name, statuses, config.jobs):
+        if not statuses and job.depends_on:
             continue
-        replicas = tuple(
-            node
-            for node in forest.replicas(level, name)
-            if task_eligibility(job, node, settings.levels) == "yes"
-        )
-        if replicas:
-            candidates.append(Candidate(name, replicas))
+        replicas = forest.replica_tuple(level, name)
+        eligible = tuple(node for node in replicas if eligibility.eligible(node))
+        if len(eligible) == len(replicas) and replicas:
+            candidate = shared.get(name)
+            if candidate is None:
+                candidate = shared[name] = Candidate(name, replicas)
+            candidates.append(candidate)
+        elif eligible:
+            candidates.append(Candidate(name, eligible))
     return candidates
+
+
+def _status_and_dependencies_allow(
+    config: Config, job: Job, name: str, statuses: Mapping[TaskKey, StatusLike], now: float
+) -> bool:
+    if not status_allows_start(statuses.get((job.name, name)), now):
+        return False
+    return dependencies_done(job, name, statuses, config.jobs)
 
 
 def plan_jobs(
@@ -153,6 +174,7 @@ def plan_jobs(
     if job_order == "shuffled":
         rng.shuffle(jobs)
     ordered_by_level: dict[int, list[str]] = {}
+    shared_by_level: dict[int, dict[str, Candidate]] = {}
     entries = []
     for job in jobs:
         level = settings.level_index(job.level_for_tasks or settings.level_for_tasks)
@@ -160,13 +182,33 @@ def plan_jobs(
             names = forest.distinct_names(level) if level < len(settings.levels) - 1 else []
             ordered_by_level[level] = order_nodes(names, settings.node_order, rng)
         names = ordered_by_level[level]
-        candidates = job_candidates(config, forest, job, statuses, now, names, running)
+        shared = shared_by_level.setdefault(level, {})
+        candidates = job_candidates(
+            config, forest, job, statuses, now, names, running, shared=shared
+        )
         entries.append(JobCandidates(job, candidates))
     return entries
 
 
 def _accept_all(job: Job, candidate: Candidate, node: Node, needs: Holdings) -> StartResult:
     return StartResult.RAN
+
+
+class _Reasons:
+    """The waiting reason of each blocker, formatted once per shared `Blocker` object."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[Blocker, str]] = {}
+
+    def waiting_for(self, blocker: Blocker) -> str:
+        known = self._by_id.get(id(blocker))
+        # Only blockers that PathCheck shares stay alive for the whole pass; a checked
+        # identity keeps a reused id of a freed blocker from returning the wrong text.
+        if known is not None and known[0] is blocker:
+            return known[1]
+        reason = f"waiting for {blocker}"
+        self._by_id[id(blocker)] = (blocker, reason)
+        return reason
 
 
 def admit_pass(
@@ -181,23 +223,27 @@ def admit_pass(
 ) -> PassResult:
     """Run the configured policy over `jobs`, taking resources for every task it starts.
 
+    This is the brute-force pass: every candidate of every job is checked, and every one
+    that does not start gets a reason. Capacity is read once per node per pass.
+
     :param start_hook: asked to start a task whose path fits; only on RAN are the
         resources taken, under the key `holder_of(job, node)`.
     :param extra_needs: needs beyond the data-node path, such as the worker's.
     """
     result = PassResult()
+    check = PathCheck(settings, ledger)
+    reasons = _Reasons()
 
     def try_start(job: Job, candidate: Candidate) -> StartResult:
         key = (job.name, candidate.node)
         outcome = StartResult.DID_NOT_RUN
         for node in candidate.replicas:
-            needs = task_needs(settings, job, node.path_to_root())
-            if extra_needs is not None:
-                needs.update(extra_needs(job, candidate, node))
-            blocker = ledger.first_blocker(needs)
+            needs, blocker = _check_replica(check, job, candidate, node, extra_needs)
             if blocker is not None:
                 result.blockers.setdefault(key, blocker)
                 continue
+            if needs is None:
+                needs = needs_from_table(settings.levels, check.table(job), node.path_to_root())
             outcome = start_hook(job, candidate, node, needs)
             if outcome is StartResult.RAN:
                 ledger.force_acquire(holder_of(job.name, candidate.node), needs)
@@ -211,7 +257,7 @@ def admit_pass(
                 result.waiting[key] = "no worker available"
                 return outcome
         blocker = result.blockers.get(key)
-        result.waiting[key] = f"waiting for {blocker}" if blocker else "no worker available"
+        result.waiting[key] = reasons.waiting_for(blocker) if blocker else "no worker available"
         return outcome
 
     completed = run_policy(settings.scheduler, jobs, try_start, rng)
@@ -220,6 +266,27 @@ def admit_pass(
         for candidate in entry.candidates:
             result.waiting.setdefault((entry.job.name, candidate.node), "not tried this pass")
     return result
+
+
+def _check_replica(
+    check: PathCheck,
+    job: Job,
+    candidate: Candidate,
+    node: Node,
+    extra_needs: Callable[[Job, Candidate, Node], Holdings] | None,
+) -> tuple[Holdings | None, Blocker | None]:
+    """Return (needs or None, first blocker or None) for starting `candidate` on `node`.
+
+    Without `extra_needs` the path is checked without building the needs, which only a
+    start uses. With it, the needs are merged first, because an extra need may replace a
+    path node's amounts.
+    """
+    if extra_needs is None:
+        return None, check.blocker(job, node)
+    levels = check.levels
+    needs = needs_from_table(levels, check.table(job), node.path_to_root())
+    needs.update(extra_needs(job, candidate, node))
+    return needs, check.ledger.first_blocker(needs)
 
 
 def availability(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -185,6 +186,12 @@ def _parse_line(line: bytes) -> tuple[str, dict[str, Any] | None]:
         status = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _InvalidStatus(f"invalid JSON at column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise _InvalidStatus("the JSON is nested too deeply to read") from None
+    except ValueError:
+        # The decoder raises a plain ValueError for an integer over the digit limit.
+        digits = sys.get_int_max_str_digits()
+        raise _InvalidStatus(f"the JSON has a number of more than {digits} digits") from None
     if ("result" in status) == ("result_bits" in status):
         raise _InvalidStatus('the JSON needs exactly one of "result" and "result_bits"')
     if "result" in status:

@@ -3,8 +3,8 @@
 Every route needs a logged-in Airflow user, checked by Airflow's own security dependencies,
 which accept the ``Authorization: Bearer`` header or the UI's ``_token`` cookie. Reads need
 nothing more. Killing a task and forgiving a job need permission to edit task instances of
-DAGs (what marking a task failed needs in Airflow's own API); capacity overrides need
-permission to edit pools, because they play the role of pool slots. With Airflow's
+DAGs, which is what marking a task failed needs in Airflow's own API. Capacity overrides
+need permission to edit pools, because they play the role of pool slots. With Airflow's
 SimpleAuthManager that means role USER for the former and OP for the latter.
 
 The OpenAPI schema and Swagger page are served at ``/bistro/openapi.json`` and
@@ -62,7 +62,7 @@ DESCRIPTION = (
     "waiting tasks, and operator actions. Authenticate as for Airflow's REST API: a JWT from "
     "POST /auth/token in the Authorization header, or the UI's _token cookie."
 )
-HTTP_STATUS = {"invalid": 400, "forbidden": 403, "not_found": 404, "conflict": 409}
+HTTP_STATUS = {"invalid": 400, "not_found": 404, "conflict": 409}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "Not authenticated"},
     403: {"description": "Invalid token, or the user lacks the permission"},
@@ -78,6 +78,8 @@ app = FastAPI(
 )
 
 AUTHENTICATED = [Depends(requires_authenticated())]
+# NOTE: the check names no DAG, so with the FAB auth manager it needs edit permission on
+# all DAGs. A user allowed to edit only the job DAGs is rejected.
 EDIT_TASKS = [
     Depends(requires_access_dag(method="PUT", access_entity=DagAccessEntity.TASK_INSTANCE))
 ]
@@ -109,31 +111,31 @@ def get_forest(
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int | None, Query(ge=0, description="At most this many nodes")] = None,
 ) -> dict[str, Any]:
-    """Nodes with their capacity, usage, overrides and fill state."""
+    """Return nodes with their capacity, usage, overrides and fill state."""
     return BistroState.load(session).forest(level, query, tag, state, offset, limit)
 
 
 @router.get("/jobs", response_model=JobsResponse)
 def get_jobs(session: SessionDep) -> dict[str, Any]:
-    """Every job with its effective config, errors, progress and histograms."""
+    """Return every job with its effective config, errors, progress and histograms."""
     return BistroState.load(session).jobs()
 
 
 @router.get("/jobs/{job}", response_model=JobInfo, responses={404: {"description": "Unknown job"}})
 def get_job(job: str, session: SessionDep) -> dict[str, Any]:
-    """One job, as in the list of jobs."""
+    """Return one job, as in the list of jobs."""
     return BistroState.load(session).job_info(job)
 
 
 @router.get("/running", response_model=RunningResponse)
 def get_running(session: SessionDep) -> dict[str, Any]:
-    """Admitted tasks with what they hold."""
+    """Return the admitted tasks and their holdings."""
     return BistroState.load(session).running()
 
 
 @router.get("/waiting", response_model=WaitingResponse)
 def get_waiting(session: SessionDep) -> dict[str, Any]:
-    """Queued tasks that wait for resources, with the reason each waits."""
+    """Return queued tasks that wait for resources, with the reason each waits."""
     return BistroState.load(session).waiting()
 
 
@@ -145,13 +147,13 @@ def get_histogram(
     ] = None,
     num_samples: Annotated[int, Query(ge=0, description="Node names per status bit set")] = 0,
 ) -> dict[str, Any]:
-    """Bistro's status histograms, with Bistro's encoding of status bits."""
+    """Return Bistro's status histograms, with Bistro's encoding of status bits."""
     return BistroState.load(session).histogram(jobs, num_samples)
 
 
 @router.get("/errors", response_model=ErrorsResponse)
 def get_errors(session: SessionDep) -> dict[str, Any]:
-    """Config, node-source and job errors."""
+    """Return config, node-source and job errors."""
     return BistroState.load(session).errors()
 
 
@@ -159,7 +161,7 @@ def get_errors(session: SessionDep) -> dict[str, Any]:
 def get_audit(
     session: SessionDep, limit: Annotated[int, Query(ge=1, le=10000)] = 100
 ) -> dict[str, Any]:
-    """The newest audit entries first: kills, forgives and capacity changes."""
+    """Return the newest audit entries first: kills, forgives and capacity changes."""
     return BistroState.load(session).audit(limit)
 
 
@@ -169,7 +171,7 @@ def get_explain(
     job: Annotated[str, Query(description="Job name")],
     node: Annotated[str, Query(description="Task node name")],
 ) -> dict[str, Any]:
-    """Why the task of a job on a node is running, waiting, done or not runnable."""
+    """Explain why the task of a job on a node is running, waiting, done or not runnable."""
     return BistroState.load(session).explain(job, node)
 
 

@@ -58,7 +58,7 @@ def kill_task(
     """Mark a running Bistro task instance FAILED, as Airflow does when a user marks it failed.
 
     Airflow's supervisor then stops the task process, and the executor releases the task's
-    resources when it sees the try end. Give either `ti_id` or both `job` and `node`.
+    resources after the try ends. Give either `ti_id` or both `job` and `node`.
 
     :raises StateError: for an unknown or finished task, or a task of another DAG.
     """
@@ -312,9 +312,9 @@ def clear_capacity(
     rows = list(state.session.scalars(query))
     if not rows:
         _check_level_and_resource(state, level, resource)
-        what = f"{level}/{node}" + (f"/{resource}" if resource else "")
+        target = f"{level}/{node}" + (f"/{resource}" if resource else "")
         raise StateError(
-            f"no capacity override for {what}; 'airflow bistro forest --json' lists overrides",
+            f"no capacity override for {target}; 'airflow bistro forest --json' lists overrides",
             "not_found",
         )
     cleared = {}

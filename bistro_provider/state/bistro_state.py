@@ -43,7 +43,7 @@ class BistroState(StateSnapshot):
         return views.waiting_view(self)
 
     def histogram(self, jobs: list[str] | None = None, num_samples: int = 0) -> dict[str, Any]:
-        """Return Bistro's histogram answer; see `tasks.histogram`."""
+        """Return Bistro's histogram response; see `tasks.histogram`."""
         return tasks.histogram(self, jobs, num_samples)
 
     def errors(self) -> dict[str, Any]:

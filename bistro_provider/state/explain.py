@@ -1,8 +1,9 @@
 """Why a task is where it is: `explain` returns one state, a sentence and the facts behind it.
 
-The checks run from the most to the least definite: an admitted task is running whatever
-else is true; a job that cannot run explains every one of its tasks; then the node, the
-executor's own reason for a queued task, the stored status and the job's dependencies.
+The checks run from the most to the least definite. An admitted task is running, whatever
+else is true. A job that cannot run explains every one of its tasks. After that come the
+node, the executor's own reason for a queued task, the stored status and the job's
+dependencies.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from bistro_provider.core.resources import holdings_to_json
 from bistro_provider.state.schemas import ExplainState
 from bistro_provider.state.snapshot import StateSnapshot
 from bistro_provider.state.tasks import TaskInfo, backoff_until, in_backoff, task_infos
-from bistro_provider.store.repository import StoredStatus
+from bistro_provider.store.repository import GrantRecord, StoredStatus
 
 EXPLAIN_STATES: tuple[str, ...] = get_args(ExplainState)
 
@@ -32,11 +33,10 @@ def format_time(seconds: float | None) -> str:
 def explain(state: StateSnapshot, job_name: str, node: str) -> dict[str, Any]:
     """Return ``{job, node, state, reason, details}`` for the task of `job_name` on `node`.
 
-    `state` is one of `EXPLAIN_STATES`; `reason` is a sentence for people; `details` holds
-    the facts behind it (status, holdings, path, ...).
+    `state` is one of `EXPLAIN_STATES`; `reason` is a sentence for people; `details`
+    contains the facts behind it (status, holdings, path, ...).
     """
-    result = _explain(state, job_name, node)
-    state_name, reason, details = result
+    state_name, reason, details = _explain(state, job_name, node)
     return {
         "job": job_name,
         "node": node,
@@ -61,7 +61,7 @@ def _explain(state: StateSnapshot, job_name: str, node: str) -> tuple[str, str, 
         "status": _status_json(state.statuses.get((job.name, node))),
     }
     if info is not None and info.grant is not None:
-        return _running(state, info, details)
+        return _running(state, info.grant, details)
     job_problem = _job_problem(job, state)
     if job_problem is not None:
         return job_problem[0], job_problem[1], details
@@ -72,10 +72,8 @@ def _explain(state: StateSnapshot, job_name: str, node: str) -> tuple[str, str, 
 
 
 def _running(
-    state: StateSnapshot, info: TaskInfo, details: dict[str, Any]
+    state: StateSnapshot, grant: GrantRecord, details: dict[str, Any]
 ) -> tuple[str, str, dict[str, Any]]:
-    grant = info.grant
-    assert grant is not None
     details.update(
         {
             "ti_id": grant.ti_id,
@@ -89,13 +87,13 @@ def _running(
             "granted_at": grant.granted_at,
         }
     )
-    held = "; ".join(
+    holdings_text = "; ".join(
         f"{level} {name}: " + ", ".join(f"{res}={amount}" for res, amount in amounts.items())
         for (level, name), amounts in grant.holdings.items()
     )
     reason = (
         f"admitted at {format_time(grant.granted_at)} on worker {grant.worker or '-'}, "
-        f"holding {held or 'nothing'}"
+        f"holding {holdings_text or 'nothing'}"
     )
     return "running", reason, details
 
@@ -124,8 +122,9 @@ def _not_in_forest(
             f"tasks on level {level}"
         )
     else:
-        fetched = state.published["forest"].updated_at if "forest" in state.published else None
-        reason = f"node {node!r} is not in the node list published at {format_time(fetched)}"
+        document = state.published.get("forest")
+        fetched = document.body.get("fetched_at") if document else None
+        reason = f"node {node!r} is not in the node list fetched at {format_time(fetched)}"
     return "not_in_forest", reason, details
 
 

@@ -1,9 +1,9 @@
 """Bistro's HTTP monitor protocol, so tools written for Bistro keep working.
 
 A request body is a JSON object of named queries, ``{"q1": {"handler": "jobs"}, ...}``; a
-top-level ``prefs`` key is ignored. Every query is answered on its own, as
-``{"q1": {"data": ...}}`` or ``{"q1": {"error": "..."}}``, with no atomicity between them.
-A body that is not a JSON object is answered with a single JSON string naming the problem.
+top-level ``prefs`` key is ignored. Each query gets its own result, ``{"q1": {"data": ...}}``
+or ``{"q1": {"error": "..."}}``, and a failed query does not undo the others.
+A body that is not a JSON object gets a single JSON string naming the problem.
 Answers use Bistro's shapes; where a Bistro handler needs something this provider does
 not keep (task logs, job editing), the query gets an error saying where to look instead.
 """
@@ -25,13 +25,13 @@ ACTION_HANDLERS = frozenset({"kill_task", "forgive_jobs"})
 
 
 class MonitorError(ValueError):
-    """A query that cannot be answered; its message becomes the query's ``error``."""
+    """A query that cannot be processed; its message becomes the query's ``error``."""
 
 
 def handle_monitor(
     state: StateSnapshot, body: Any, *, user: str, may_edit: Callable[[], bool]
 ) -> Any:
-    """Answer a monitor request; the caller commits what the action queries changed.
+    """Process a monitor request and return the response; the caller commits the changes.
 
     :param may_edit: returns whether the user may kill tasks and forgive jobs.
     """
@@ -88,10 +88,10 @@ def _jobs(state: StateSnapshot, query: dict[str, Any], user: str) -> Any:
 
 
 def _running_tasks(state: StateSnapshot, query: dict[str, Any], user: str) -> Any:
-    wanted = _job_filter(query)
+    requested = _job_filter(query)
     answer: dict[str, dict[str, Any]] = {}
     for grant in state.grants:
-        if not wanted or grant.job in wanted:
+        if not requested or grant.job in requested:
             answer.setdefault(grant.job, {})[grant.node] = {
                 "start_time": int(grant.granted_at),
                 "worker_shard": grant.worker,
@@ -100,10 +100,10 @@ def _running_tasks(state: StateSnapshot, query: dict[str, Any], user: str) -> An
 
 
 def _job_node_runtime(state: StateSnapshot, query: dict[str, Any], user: str) -> Any:
-    wanted = _job_filter(query)
+    requested = _job_filter(query)
     answer: dict[str, dict[str, int]] = {}
     for grant in state.grants:
-        if not wanted or grant.job in wanted:
+        if not requested or grant.job in requested:
             answer.setdefault(grant.job, {})[grant.node] = int(state.now - grant.granted_at)
     return answer
 
@@ -117,14 +117,17 @@ def _histogram(state: StateSnapshot, query: dict[str, Any], user: str) -> Any:
 
 def _nodes(state: StateSnapshot, query: dict[str, Any], user: str) -> Any:
     fields = query.get("fields") or list(NODE_FIELDS)
+    nodes = query.get("nodes") or []
+    if not isinstance(fields, list) or not isinstance(nodes, list):
+        raise MonitorError('"fields" and "nodes" must be lists')
     for field in fields:
         if field not in NODE_FIELDS:
             raise MonitorError(f"Unknown field name: {field}")
-    wanted = set(query.get("nodes") or [])
+    requested = {str(name) for name in nodes}
     settings = state.require_config().settings
     results: dict[str, dict[str, Any]] = {}
     for node in state.fetched_forest or ():
-        if wanted and node.name not in wanted:
+        if requested and node.name not in requested:
             continue
         level = settings.levels[node.level]
         entry = results.setdefault(level, {}).setdefault(node.name, {})

@@ -1,6 +1,6 @@
 """Pydantic models of every view and action result, shared by the REST API and the CLI.
 
-The API declares them as response models, which documents the OpenAPI schema; the CLI
+The API declares them as response models, which documents the OpenAPI schema. The CLI
 passes the same dicts through `dump`, so ``--json`` prints exactly what the API returns.
 Models forbid unknown keys, so a view that drifts from its model fails loudly in tests.
 """
@@ -45,7 +45,8 @@ class ForestNode(_Model):
     enabled: bool
     tags: list[str]
     in_forest: bool = Field(
-        description="False for a node that left the node list while tasks still hold it"
+        description="False for a worker, and for a node that left the node list while tasks "
+        "still hold it"
     )
     capacity: dict[str, int] = Field(description="Limits: level, then node source, then override")
     usage: dict[str, int]
@@ -149,7 +150,7 @@ class WaitingResponse(_Model):
 
 
 class HistogramResponse(_Model):
-    """Bistro's ``histogram`` answer: job, then level, then encoded status bits."""
+    """Bistro's ``histogram`` response: job, then level, then encoded status bits."""
 
     histograms: dict[str, dict[str, dict[str, int]]]
     samples: dict[str, dict[str, dict[str, list[str]]]] | None = None

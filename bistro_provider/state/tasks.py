@@ -1,4 +1,4 @@
-"""Per-task views of a job: where each task stands, progress counts and Bistro's histograms.
+"""Per-task views of a job: the state of each task, progress counts and Bistro's histograms.
 
 A task is one job on one node of the job's `level_for_tasks`. What it shows comes, in this
 order, from the ledger (an admitted task is running), the job's filters and disabled nodes,
@@ -38,7 +38,7 @@ HISTOGRAM_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """What is known about one task.
+    """Known facts about one task.
 
     :param eligibility: ``yes``, ``avoided`` (a filter rejects the node or an ancestor),
         ``disabled`` (the node or an ancestor is disabled) or ``missing`` (the node is not
@@ -143,8 +143,9 @@ def job_progress(state: StateSnapshot, job: Job) -> dict[str, int]:
 def status_bits(info: TaskInfo, now: float) -> int:
     """Return the bit set Bistro's monitor shows for a task.
 
-    AVOIDED or DISABLED when the node cannot run the job, OR-ed with the status bits; the
-    backoff bit only while the backoff runs; UNSTARTED for a runnable task with no status.
+    The bits are AVOIDED or DISABLED when the node cannot run the job, OR-ed with the
+    status bits. The backoff bit is kept only while the backoff runs, and a runnable task
+    with no status is UNSTARTED.
     """
     value = 0
     if info.eligibility == "avoided":
@@ -193,7 +194,7 @@ def job_histogram(
 def histogram(
     state: StateSnapshot, jobs: list[str] | None = None, num_samples: int = 0
 ) -> dict[str, Any]:
-    """Return the ``histogram`` answer of Bistro's monitor for `jobs` (all when empty).
+    """Return the ``histogram`` response of Bistro's monitor for `jobs` (all when empty).
 
     Unknown job names are ignored and jobs with config errors are left out, as in Bistro.
     ``samples`` is present only when `num_samples` is above 0.

@@ -12,7 +12,7 @@ from typing import Any, get_args
 from sqlalchemy import select
 
 from bistro_provider.core.forest import Node
-from bistro_provider.core.model import Job
+from bistro_provider.core.model import WORKER_LEVEL, Job
 from bistro_provider.core.resources import NodeKey, holdings_to_json
 from bistro_provider.state.schemas import FillState
 from bistro_provider.state.snapshot import StateError, StateSnapshot
@@ -20,7 +20,7 @@ from bistro_provider.state.tasks import job_histogram, job_progress
 from bistro_provider.store.models import AuditEntry
 
 FILL_STATES: tuple[str, ...] = get_args(FillState)
-"""How full a node is. ``over``: some resource is used beyond its limit (the limit was
+"""Fill states of a node. ``over``: some resource is used beyond its limit (the limit was
 lowered under running tasks). ``full``: some resource has nothing left. ``busy``: something
 is in use. ``free``: nothing is in use."""
 
@@ -60,7 +60,10 @@ def forest_view(
     """
     levels = _levels(state)
     _check_forest_filters(levels, level, fill, offset, limit)
-    rows = [_node_row(state, node) for node in (state.fetched_forest or ())]
+    forest = state.fetched_forest
+    rows = []
+    if forest is not None:
+        rows = [_node_row(state, forest.levels[node.level], node) for node in forest]
     rows += _orphan_rows(state)
     selected = [row for row in rows if _matches(row, level, query, tag, fill)]
     end = None if limit is None else offset + limit
@@ -113,9 +116,7 @@ def _usage_fields(state: StateSnapshot, key: NodeKey) -> dict[str, Any]:
     }
 
 
-def _node_row(state: StateSnapshot, node: Node) -> dict[str, Any]:
-    assert state.fetched_forest is not None
-    level = state.fetched_forest.levels[node.level]
+def _node_row(state: StateSnapshot, level: str, node: Node) -> dict[str, Any]:
     return {
         "name": node.name,
         "level": level,
@@ -129,7 +130,11 @@ def _node_row(state: StateSnapshot, node: Node) -> dict[str, Any]:
 
 
 def _orphan_rows(state: StateSnapshot) -> list[dict[str, Any]]:
-    """Rows for nodes that admitted tasks still hold but that left the forest."""
+    """Rows for nodes that admitted tasks hold but that the forest does not list.
+
+    These are workers, which the forest never lists, and data nodes that left the forest
+    while their tasks still run.
+    """
     known = set()
     if state.fetched_forest is not None:
         known = {
@@ -141,13 +146,14 @@ def _orphan_rows(state: StateSnapshot) -> list[dict[str, Any]]:
             paths.setdefault(name, list(grant.path[: name_index + 1]))
     rows = []
     for key in sorted(set(state.used_keys()) - known):
-        path = paths.get(key[1], [key[1]])
+        is_worker = key[0] == WORKER_LEVEL
+        path = [key[1]] if is_worker else paths.get(key[1], [key[1]])
         row = {
             "name": key[1],
             "level": key[0],
             "parent": path[-2] if len(path) > 1 else None,
             "path": path,
-            "enabled": False,
+            "enabled": is_worker,
             "tags": [],
             "in_forest": False,
             **_usage_fields(state, key),
@@ -205,7 +211,7 @@ def job_view(state: StateSnapshot, job: Job) -> dict[str, Any]:
 
 
 def running_view(state: StateSnapshot) -> dict[str, Any]:
-    """Return every admitted task with what it holds and its Airflow state."""
+    """Return every admitted task with its holdings and its Airflow state."""
     tasks = []
     for grant in sorted(state.grants, key=lambda item: (item.job, item.node, item.ti_id)):
         tasks.append(

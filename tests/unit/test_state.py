@@ -63,7 +63,9 @@ CONFIG: dict[str, Any] = {
         "resources": {
             "host": {"slots": {"limit": 2, "default": 1}},
             "db": {"conns": {"limit": 1, "default": 1}},
+            "worker": {"worker_slots": {"limit": 4, "default": 1}},
         },
+        "worker_resources_override": {"big-worker": {"worker_slots": 16}},
     },
     "bistro_job->job1": {"owner": "test"},
     "bistro_job->job2": {
@@ -161,14 +163,21 @@ def publish(
 
 
 def grant(
-    session: Session, job: str, node: str, host: str, ti_id: str | None = None
+    session: Session,
+    job: str,
+    node: str,
+    host: str,
+    ti_id: str | None = None,
+    worker: str | None = None,
 ) -> repository.GrantRecord:
-    holdings = holdings_from_json(
-        [
-            {"level": "host", "node": host, "resources": {"slots": 1}},
-            {"level": "db", "node": node, "resources": {"conns": 1}},
-        ]
-    )
+    """Add a ledger row; with `worker`, the task also holds a worker slot there."""
+    items = [
+        {"level": "host", "node": host, "resources": {"slots": 1}},
+        {"level": "db", "node": node, "resources": {"conns": 1}},
+    ]
+    if worker is not None:
+        items.append({"level": "worker", "node": worker, "resources": {"worker_slots": 1}})
+    holdings = holdings_from_json(items)
     record = repository.GrantRecord(
         ti_id=ti_id or str(uuid.uuid4()),
         dag_id=f"bistro_{job}",
@@ -263,16 +272,31 @@ def test_forest_lowered_limit_shows_over(session: Session, airflow_home: Path) -
     assert host1["available"] == {"slots": -1}
 
 
+def test_forest_lists_workers_that_hold_resources(session: Session, airflow_home: Path) -> None:
+    publish(session)
+    grant(session, "job1", "db11", "host1", worker="worker1")
+    grant(session, "job1", "db12", "host1", worker="big-worker")
+    forest = load(session, airflow_home).forest(level="worker")
+    rows = {row["name"]: row for row in forest["nodes"]}
+    assert sorted(rows) == ["big-worker", "worker1"]
+    assert rows["worker1"]["capacity"] == {"worker_slots": 4}
+    assert rows["worker1"]["usage"] == {"worker_slots": 1}
+    assert rows["worker1"]["fill"] == "busy"
+    assert rows["worker1"]["enabled"] is True
+    assert rows["worker1"]["in_forest"] is False
+    assert rows["big-worker"]["capacity"] == {"worker_slots": 16}
+
+
 def test_forest_lists_nodes_held_after_leaving(session: Session, airflow_home: Path) -> None:
     publish(session)
     grant(session, "job1", "db99", "host9")
     forest = load(session, airflow_home).forest()
-    gone = node_row(forest, "db99")
-    assert gone["in_forest"] is False
-    assert gone["path"] == ["instance", "host9", "db99"]
-    assert gone["usage"] == {"conns": 1}
-    assert gone["capacity"] == {"conns": 1}
-    assert gone["fill"] == "full"
+    departed = node_row(forest, "db99")
+    assert departed["in_forest"] is False
+    assert departed["path"] == ["instance", "host9", "db99"]
+    assert departed["usage"] == {"conns": 1}
+    assert departed["capacity"] == {"conns": 1}
+    assert departed["fill"] == "full"
 
 
 @pytest.mark.parametrize(

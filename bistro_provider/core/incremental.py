@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+from array import array
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from heapq import heapify, heappop, heapreplace
 from typing import Any, Literal, cast
@@ -223,17 +224,16 @@ class IncrementalAdmitter:
         level = cast(TaskLevel, state.level)
         group = level.group_of_pos[position]
         if group == REPLICA_GROUP:
-            nodes = state.replica_nodes[position]
+            return self._start_first_fitting(
+                state, position, state.replica_nodes[position], started
+            )
         else:
             node = level.node_at(position)
             if node is not level.groups[group].node:
                 leaf = ((level.level, level.slot_of_pos[position]),)
-                if self.index.slots[level.level].width and not self.index.fits(
-                    state.vectors, leaf
-                ):
+                if self.index.slots[level.level].width and not self.index.fits(state.vectors, leaf):
                     return StartResult.DID_NOT_RUN
-            nodes = (node,)
-        return self._start_first_fitting(state, position, nodes, started)
+        return self._start_first_fitting(state, position, (node,), started, checked=True)
 
     def _start_first_fitting(
         self,
@@ -241,14 +241,19 @@ class IncrementalAdmitter:
         position: int,
         nodes: tuple[Node, ...],
         started: list[tuple[JobState, int, Admission]],
+        *,
+        checked: bool = False,
     ) -> StartResult:
-        """Start the task on the first of `nodes` whose path fits, as `admit_pass` does."""
+        """Start the task on the first of `nodes` whose path fits, as `admit_pass` does.
+
+        :param checked: the caller already found that the path of the only node fits.
+        """
         job = state.job
         name = nodes[0].name
         candidate = Candidate(name, nodes)
         outcome = StartResult.DID_NOT_RUN
         for node in nodes:
-            if len(nodes) > 1 and not self.index.fits(state.vectors, self.index.path_slots(node)):
+            if not checked and not self.index.fits(state.vectors, self.index.path_slots(node)):
                 continue
             needs = needs_from_table(self.settings.levels, state.table, node.path_to_root())
             if self.extra_needs is not None:
@@ -356,7 +361,7 @@ class IncrementalAdmitter:
                     restored.append(group)
                 elif not usable:
                     state.park_group(group)
-                    state.parked_groups.setdefault(group, type(level.layout[group])("i"))
+                    state.parked_groups.setdefault(group, array("i"))
         self._mark_groups(level.level, restored)
 
     def _refresh_replicas(self, level: TaskLevel) -> None:

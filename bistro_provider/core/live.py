@@ -145,7 +145,9 @@ class LiveForest:
     def _fetch_nodes(self, settings: Settings) -> None:
         started = self.clock()
         try:
-            forest = self._fetch(settings, now=started, script_timeout=self.intervals.script_timeout)
+            forest = self._fetch(
+                settings, now=started, script_timeout=self.intervals.script_timeout
+            )
         except Exception as exc:  # any source failure keeps the last good forest
             self._next_fetch = self.clock() + self.intervals.nodes_retry
             if str(exc) != self.nodes_error:

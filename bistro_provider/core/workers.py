@@ -138,7 +138,9 @@ class WorkerPool:
         needs = worker_needs(self.settings, job)
         names = sorted(self.workers)
         eligible = [name for name in names if self._allows(job, node, self.workers[name])]
-        fitting = [name for name in eligible if ledger.first_blocker(self._holding(name, needs)) is None]
+        fitting = [
+            name for name in eligible if ledger.first_blocker(self._holding(name, needs)) is None
+        ]
         if not fitting:
             return None
         if self.settings.remote_worker_selector == "busiest":

@@ -82,7 +82,7 @@ COMMON_ENVIRONMENT = {
 }
 URL_PREFIXES = {
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://airflow:",
-    "AIRFLOW__CELERY__RESULT_BACKEND": "db+postgresql://airflow:",
+    "AIRFLOW__CELERY__RESULT_BACKEND": "db+postgresql+psycopg2://airflow:",
 }
 SECRET_SETTINGS = (
     "AIRFLOW__CORE__FERNET_KEY",

@@ -70,7 +70,10 @@ def bistro_job_dag(
     dag_kwargs.setdefault("schedule", None)
     # One run at a time. Asset events that arrive during a run stay queued, and Airflow 3.3
     # then starts one run for all of them together.
-    dag_kwargs.setdefault("max_active_runs", 1)
+    # A continuous job's next run starts while the last one still runs, so that a node
+    # that appears gets its task at once; the executor never runs one (job, node) twice at
+    # the same time and skips nodes a continuous job has already done.
+    dag_kwargs.setdefault("max_active_runs", 4 if continuous else 1)
     dag_kwargs.setdefault("max_active_tasks", options.max_active_tasks_per_job)
     dag_kwargs.setdefault("tags", ["bistro"])
     dag_kwargs.setdefault("doc_md", f"Bistro job `{job}` from `{config_file}`.")

@@ -166,7 +166,7 @@ class ForestIndex:
             slots = self.slots[level]
             base = slot * slots.width
             for offset, resource in enumerate(slots.resources):
-                slots.headroom[base + offset] -= sign * amounts.get(resource, 0)
+                slots.headroom[base + offset] += sign * amounts.get(resource, 0)
             if any(amounts.values()):
                 changed.append((level, key))
         return changed

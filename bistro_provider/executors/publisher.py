@@ -1,4 +1,4 @@
-"""Publishes the executor's view (config, forest, errors, waiting tasks) to the database.
+"""Publishes the executor's view (config, forest, errors, workers, waiting tasks).
 
 The API-server, the CLI and the UI run in other processes, so they read these documents
 instead of asking the scheduler. A document is rewritten only when its content changed.
@@ -27,7 +27,7 @@ class StatePublisher:
 
     def publish(self, session: Session) -> None:
         live = self.admission.live
-        documents: dict[str, Any] = {"waiting": self._waiting()}
+        documents: dict[str, Any] = {"waiting": self._waiting(), "workers": self._workers()}
         if live is not None:
             documents["errors"] = {
                 "config_file": live.config_path,
@@ -51,6 +51,22 @@ class StatePublisher:
                 continue
             repository.publish(session, name, body, owner=self.admission.owner, now=now)
             self._published[name] = digest
+
+    def _workers(self) -> list[dict[str, Any]]:
+        """Return the worker nodes with their capacity and what is in use on each."""
+        pool = self.admission.workers
+        if pool is None:
+            return []
+        return [
+            {
+                "name": name,
+                "host": worker.host,
+                "queue": worker.queue,
+                "capacity": pool.capacity_of(name),
+                "used": self.admission.ledger.used(("worker", name)),
+            }
+            for name, worker in sorted(pool.workers.items())
+        ]
 
     def _waiting(self) -> list[dict[str, Any]]:
         items = []

@@ -166,12 +166,11 @@ SPECIAL_VALUES = st.sampled_from(
         "instance",
         "worker",
         "repeat",
-        [],
-        {},
-        [None],
-        {"": None},
     ]
 )
+# Containers are built anew for every draw: a mutation may change them in place, and a
+# shared object would change what later examples draw.
+EMPTY_CONTAINERS = st.sampled_from([list, dict]).map(lambda make: make())
 
 
 def nested(depth: int, leaf: Any = 0) -> Any:
@@ -184,6 +183,7 @@ def nested(depth: int, leaf: Any = 0) -> Any:
 HOSTILE_VALUES = st.one_of(
     JSON_VALUES,
     SPECIAL_VALUES,
+    EMPTY_CONTAINERS,
     st.integers(50, 3000).map(nested),
 )
 

@@ -149,6 +149,15 @@ class ForestIndex:
                     return False
         return True
 
+    def take(self, vectors: tuple[NeedVector, ...], path: tuple[tuple[int, int], ...]) -> None:
+        """Subtract a job's amounts on `path`, which `path_slots` or a group built."""
+        slots = self.slots
+        for level, slot in path:
+            headroom = slots[level].headroom
+            base = slot * slots[level].width
+            for offset, need in enumerate(vectors[level]):
+                headroom[base + offset] -= need
+
     def apply(self, holdings: Holdings, sign: int) -> list[tuple[int, NodeKey]]:
         """Subtract (`sign` -1, a grant) or add back (+1, a release) `holdings`.
 

@@ -89,6 +89,15 @@ class JobState:
         positions = self.groups[group] or self.parked_groups.get(group)
         return positions is not None and _find(positions, position) >= 0
 
+    def active(self, position: int) -> bool:
+        """Return True when a pass can try `position`: pending and not parked."""
+        level = self._task_level()
+        group = level.group_of_pos[position]
+        if group == REPLICA_GROUP:
+            return position in self.replica_nodes
+        positions = self.groups[group]
+        return positions is not None and _find(positions, position) >= 0
+
     def add(self, position: int, levels: tuple[str, ...]) -> int | None:
         """Make `position` pending; return its group when a pass must try it, else None.
 

@@ -458,6 +458,8 @@ def _load_yaml(text: str, origin: str, label: str) -> Any:
     except (ValueError, OverflowError) as exc:
         # PyYAML's constructors raise these for values such as the date 2001-02-30 or an
         # integer over the digit limit, without a position.
+        if "integer string conversion" in str(exc):
+            raise ConfigError([ConfigIssue(origin, _too_long_number(label))]) from exc
         message = f"{label}: invalid value ({exc}); quote it to make it a string, or fix it"
         raise ConfigError([ConfigIssue(origin, message)]) from exc
 

@@ -224,16 +224,17 @@ class IncrementalAdmitter:
         level = cast(TaskLevel, state.level)
         group = level.group_of_pos[position]
         if group == REPLICA_GROUP:
-            return self._start_first_fitting(
-                state, position, state.replica_nodes[position], started
-            )
-        else:
-            node = level.node_at(position)
-            if node is not level.groups[group].node:
-                leaf = ((level.level, level.slot_of_pos[position]),)
-                if self.index.slots[level.level].width and not self.index.fits(state.vectors, leaf):
-                    return StartResult.DID_NOT_RUN
-        return self._start_first_fitting(state, position, (node,), started, checked=True)
+            nodes = state.replica_nodes[position]
+            return self._start_first_fitting(state, position, nodes, started)
+        node = level.node_at(position)
+        path = level.groups[group].path
+        if node is not level.groups[group].node and self.index.slots[level.level].width:
+            # The pop already checked the group node's path, so only the task node is left.
+            leaf = ((level.level, level.slot_of_pos[position]),)
+            if not self.index.fits(state.vectors, leaf):
+                return StartResult.DID_NOT_RUN
+            path = leaf + path
+        return self._start_first_fitting(state, position, (node,), started, checked_path=path)
 
     def _start_first_fitting(
         self,
@@ -242,18 +243,20 @@ class IncrementalAdmitter:
         nodes: tuple[Node, ...],
         started: list[tuple[JobState, int, Admission]],
         *,
-        checked: bool = False,
+        checked_path: tuple[tuple[int, int], ...] | None = None,
     ) -> StartResult:
         """Start the task on the first of `nodes` whose path fits, as `admit_pass` does.
 
-        :param checked: the caller already found that the path of the only node fits.
+        :param checked_path: the slots of the only node's path, which the caller found
+            to fit; None checks each node's path here.
         """
         job = state.job
         name = nodes[0].name
         candidate = Candidate(name, nodes)
         outcome = StartResult.DID_NOT_RUN
         for node in nodes:
-            if not checked and not self.index.fits(state.vectors, self.index.path_slots(node)):
+            path = checked_path or self.index.path_slots(node)
+            if checked_path is None and not self.index.fits(state.vectors, path):
                 continue
             needs = needs_from_table(self.settings.levels, state.table, node.path_to_root())
             if self.extra_needs is not None:
@@ -262,9 +265,9 @@ class IncrementalAdmitter:
                     continue
             outcome = self.start_hook(job, candidate, node, needs)
             if outcome is StartResult.RAN:
-                self._grant(job.name, name, needs)
-                path = tuple(node.path_names())
-                started.append((state, position, Admission(job.name, name, path, needs)))
+                self._grant(state, name, needs, path)
+                names = tuple(node.path_names())
+                started.append((state, position, Admission(job.name, name, names, needs)))
                 return outcome
             if outcome is StartResult.STOP:
                 return outcome
@@ -272,11 +275,17 @@ class IncrementalAdmitter:
             self._mark_position(cast(TaskLevel, state.level), position)
         return outcome
 
-    def _grant(self, job: str, node: str, needs: Holdings) -> None:
-        holder = self.holder_of(job, node)
+    def _grant(
+        self, state: JobState, node: str, needs: Holdings, path: tuple[tuple[int, int], ...]
+    ) -> None:
+        holder = self.holder_of(state.job.name, node)
         self.ledger.force_acquire(holder, needs)
-        self.index.apply(needs, -1)
-        self.running[(job, node)] = holder
+        if self.extra_needs is None:
+            self.index.take(state.vectors, path)
+        else:
+            # Extra needs may name nodes outside the path (workers), so go by their keys.
+            self.index.apply(needs, -1)
+        self.running[(state.job.name, node)] = holder
 
     # -- events ----------------------------------------------------------------------------
 
@@ -393,17 +402,16 @@ class IncrementalAdmitter:
         if level_number == level.level and groups == []:
             position = level.position(key[1])
             groups = [] if position is None else [level.group_of_pos[position]]
-            groups = [group for group in groups if group != REPLICA_GROUP]
         self._mark_groups(level.level, groups)
 
     def _mark_position(self, level: TaskLevel, position: int) -> None:
-        group = level.group_of_pos[position]
-        self._mark_groups(level.level, [] if group == REPLICA_GROUP else [group])
+        self._mark_groups(level.level, [level.group_of_pos[position]])
 
     def _mark_groups(self, level: int, groups: list[int] | None) -> None:
         """Add `groups` (None: all) to the next incremental pass of task level `level`.
 
-        An empty list still schedules the level, so its replica candidates are tried.
+        An empty list, or one with REPLICA_GROUP, still schedules the level, so its replica
+        candidates are tried.
         """
         if groups is None:
             self._dirty[level] = None
@@ -411,7 +419,8 @@ class IncrementalAdmitter:
         known = self._dirty.get(level, set())
         if known is None:
             return
-        known.update(groups)
+        # Replica candidates are scanned whenever their level is, so they need no entry.
+        known.update(group for group in groups if group != REPLICA_GROUP)
         self._dirty[level] = known
 
     # -- inspection --------------------------------------------------------------------------
@@ -422,12 +431,12 @@ class IncrementalAdmitter:
         return 0 if state is None else state.count
 
     def is_candidate(self, job: str, node: str) -> bool:
-        """Return True when (`job`, `node`) is pending, even if a disabled node parks it."""
+        """Return True when a pass can try task (`job`, `node`), as `plan_jobs` would list it."""
         state = self._by_name.get(job)
         if state is None or state.level is None:
             return False
         position = state.level.position(node)
-        return position is not None and state.contains(position)
+        return position is not None and state.active(position)
 
     def blocker(self, job: str, node: str) -> Blocker | None:
         """Return the first node and resource lacking room for the task, or None if it fits."""

@@ -28,6 +28,7 @@ from bistro_provider.core.live import LiveForest
 from bistro_provider.core.model import WORKER_LEVEL, Config, Job
 from bistro_provider.core.policies import JobCandidates, StartResult
 from bistro_provider.core.resources import Holdings, Ledger, NodeKey, level_capacity
+from bistro_provider.core.status import TaskStatus
 from bistro_provider.core.scheduler import Admission, Candidate, admit_pass, order_nodes
 from bistro_provider.core.workers import WorkerInfo, WorkerPool
 from bistro_provider.operators.job import PATHS_KEY, admission_key
@@ -323,7 +324,8 @@ class AdmissionController:
             job = config.jobs[name]
             level = settings.level_index(job.level_for_tasks or settings.level_for_tasks)
             candidates = []
-            for node_name in order_nodes(list(by_job[name]), settings.node_order, self.rng):
+            names = _fetch_order(list(by_job[name]), forest, level)
+            for node_name in order_nodes(names, settings.node_order, self.rng):
                 task = by_job[name][node_name]
                 replicas = _replicas(forest, level, task, settings.levels)
                 if not replicas:
@@ -478,6 +480,14 @@ class _NoNodeForMapIndex(Exception):
     """Raised when a workload's map index has no node in its run's node list."""
 
 
+def _fetch_order(names: list[str], forest: Forest | None, level: int) -> list[str]:
+    """Sort node names by their position in the forest's fetch order, unknown names last."""
+    if forest is None:
+        return names
+    position = {name: index for index, name in enumerate(forest.distinct_names(level))}
+    return sorted(names, key=lambda name: position.get(name, len(position)))
+
+
 def _job_problem(name: str, job: Job | None) -> str:
     if job is None:
         return f"job {name!r} is not in the current config"
@@ -532,14 +542,10 @@ def _node_capacities(
 
 
 def _status_json(status: Any) -> dict[str, Any] | None:
+    """Return a stored status as Bistro's `prev_status` JSON."""
     if status is None:
         return None
-    return {
-        "kind": status.kind,
-        "time": status.time,
-        "backoff": status.backoff,
-        "data": status.data or {},
-    }
+    return TaskStatus(status.kind, status.time, status.backoff, status.data or None).to_json()
 
 
 def _read_snapshot(

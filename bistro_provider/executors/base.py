@@ -243,7 +243,9 @@ class BistroAdmissionMixin:
         drops = waiting_to_drop(self.admission, statuses)
         if not drops:
             return
-        stop_task_instances(session, [StopRequest(task.ti_id, note) for task, note in drops])
+        stop_task_instances(
+            session, [StopRequest(task.ti_id, note, task.node) for task, note in drops]
+        )
         for task, _note in drops:
             key = task.workload.ti.key
             self.admission.forget(key)

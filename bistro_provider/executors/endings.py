@@ -20,6 +20,7 @@ from bistro_provider.executors.admission import (
     AdmissionController,
     RunningTask,
 )
+from bistro_provider.core.status import TaskStatus
 from bistro_provider.operators.job import STATUS_KEY
 from bistro_provider.store import repository
 
@@ -77,13 +78,13 @@ def _status_from(raw: Any, ti_state: Any) -> repository.StoredStatus:
             value = json.loads(raw)
         except ValueError:
             value = None
-    if isinstance(value, dict) and isinstance(value.get("kind"), str):
-        return repository.StoredStatus(
-            kind=value["kind"],
-            time=float(value.get("time") or time.time()),
-            backoff=int(value.get("backoff") or 0),
-            data=value.get("data") or None,
-        )
+    if isinstance(value, dict):
+        try:
+            status = TaskStatus.from_json(value)
+        except ValueError:
+            log.warning("Ignoring an invalid bistro_status XCom: %r", value)
+        else:
+            return repository.StoredStatus(status.kind, status.time, status.backoff, status.data)
     state = str(getattr(ti_state, "value", ti_state) or "")
     kind = TERMINAL_STATUS_FALLBACK.get(state, "error_backoff")
     return repository.StoredStatus(

@@ -31,6 +31,7 @@ class StopRequest:
 
     ti_id: str
     note: str
+    node: str = ""
 
 
 def orphan_reason(task: RunningTask, config: Config, forest: Forest) -> str | None:
@@ -86,7 +87,7 @@ class OrphanTracker:
                 )
             kill_at = self._kill_at[ti_id]
             if kill_at is not None and kill_at <= now:
-                due.append(StopRequest(ti_id, f"Bistro: stopped as an orphan: {reason}"))
+                due.append(StopRequest(ti_id, f"Bistro: stopped as an orphan: {reason}", task.node))
                 self._kill_at[ti_id] = None
         for ti_id in list(self._kill_at):
             if ti_id not in admission.running:
@@ -139,6 +140,9 @@ def stop_task_instances(session: Any, requests: list[StopRequest]) -> list[str]:
             continue
         ti.set_state(TaskInstanceState.SKIPPED, session=session)
         ti.note = request.note[:1000]
+        if request.node and ti._rendered_map_index is None:
+            # A task skipped before it ran never rendered its label; show the node anyway.
+            ti._rendered_map_index = request.node[:250]
         changed.append(request.ti_id)
         log.warning("Set task instance %s to skipped: %s", request.ti_id, request.note)
     return changed

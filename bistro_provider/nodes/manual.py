@@ -48,15 +48,24 @@ def parse_manual_prefs(
     for name, value in prefs.items():
         if name in RESERVED_PREFS:
             continue
-        key_path = f"{path}.{name}"
         problem = node_name_problem(name)
         if problem:
-            issues.append(ConfigIssue(key_path, problem))
+            issues.append(ConfigIssue(_invalid_name_path(path, name), problem))
             continue
+        key_path = f"{path}.{name}"
         entry = _parse_entry(value, key_path, issues)
         if entry is not None:
             entries[name] = entry
     return entries, issues
+
+
+def _invalid_name_path(path: str, name: object) -> str:
+    """Return the key path of an invalid name, quoted and shortened when it is long or has a
+    line break, so that a 10 KB name does not fill the message."""
+    text = str(name)
+    if len(text) <= 40 and not any(char in text for char in "\n\r\0"):
+        return f"{path}.{text}"
+    return f"{path}.{text[:40]!r}..."
 
 
 def _parse_entry(value: Any, key_path: str, issues: list[ConfigIssue]) -> ManualEntry | None:

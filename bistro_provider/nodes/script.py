@@ -147,7 +147,10 @@ def run_script(argv: list[str], timeout: float) -> bytes:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         _kill_process_group(process)
-        message = f"{argv!r} timed out after {timeout:g} s and was killed"
+        message = (
+            f"{argv!r} timed out after {timeout:g} s and was killed; make the script faster "
+            "or raise [bistro] script_timeout"
+        )
         raise NodeSourceError(SOURCE_NAME, message) from exc
     if process.returncode != 0:
         raise NodeSourceError(SOURCE_NAME, _exit_message(argv, process.returncode, stderr))

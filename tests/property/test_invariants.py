@@ -170,7 +170,16 @@ class ToggleDisabled:
 
 
 Step = (
-    Pass | End | Advance | Override | CutBelowUsage | SetLimit | SetJobAmount | ToggleJob | ToggleNode | ToggleDisabled
+    Pass
+    | End
+    | Advance
+    | Override
+    | CutBelowUsage
+    | SetLimit
+    | SetJobAmount
+    | ToggleJob
+    | ToggleNode
+    | ToggleDisabled
 )
 
 
@@ -261,7 +270,9 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         for name in job_names
     }
     policy = draw(st.sampled_from(POLICIES))
-    return Scenario(levels, tuple(nodes), resources, jobs, policy, draw(st.sampled_from(NODE_ORDERS)))
+    return Scenario(
+        levels, tuple(nodes), resources, jobs, policy, draw(st.sampled_from(NODE_ORDERS))
+    )
 
 
 PICK = st.integers(0, 63)
@@ -316,7 +327,9 @@ class Simulation:
     def __init__(self, scenario: Scenario):
         self.scenario = scenario
         self.limits = {
-            name: limit for specs in scenario.resources.values() for name, (limit, _) in specs.items()
+            name: limit
+            for specs in scenario.resources.values()
+            for name, (limit, _) in specs.items()
         }
         self.resource_names = sorted(self.limits)
         self.job_data = copy.deepcopy(scenario.jobs)
@@ -615,7 +628,7 @@ def filter_accepts(level_filter: dict[str, Any] | None, job: str, name: str) -> 
     """Return whether `name` passes one generated filter; written apart from core.filters."""
     if not level_filter:
         return True
-    if "whitelist" in level_filter and level_filter["whitelist"]:
+    if level_filter.get("whitelist"):
         return name in level_filter["whitelist"]
     if "blacklist" in level_filter:
         return name not in level_filter["blacklist"]

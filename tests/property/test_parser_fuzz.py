@@ -14,7 +14,6 @@ explicit 10 MB case. BISTRO_PROPERTY_EXAMPLES sets the number of examples (defau
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -24,6 +23,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -89,7 +89,12 @@ def valid_config() -> dict[str, Any]:
                     {"source": "manual", "prefs": {"host1": ["db1", "db2"], "host2": "db3"}},
                     {
                         "source": "range_label",
-                        "prefs": {"parent_level": "host", "start": 1, "end": 2, "format": "{parent}_s{i}"},
+                        "prefs": {
+                            "parent_level": "host",
+                            "start": 1,
+                            "end": 2,
+                            "format": "{parent}_s{i}",
+                        },
                     },
                 ],
             },
@@ -141,8 +146,9 @@ SCALARS = st.one_of(
 )
 JSON_VALUES = st.recursive(
     SCALARS,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=20,
 )
 SPECIAL_VALUES = st.sampled_from(
@@ -275,6 +281,25 @@ def test_damaged_json_text_gives_config_error(data: dict[str, Any], cut: int, in
     parse_or_config_error(text[:position] + insert + text[position + 1 :])
 
 
+def as_yaml_text(data: Any) -> str | None:
+    """Return `data` as block-style YAML, or None for values too deep for the YAML emitter."""
+    try:
+        return yaml.safe_dump(data, default_flow_style=False)
+    except RecursionError:
+        return None
+
+
+@FUZZ
+@given(data=mutated_configs(), cut=st.integers(0, 5000), insert=st.text(max_size=5))
+def test_damaged_yaml_text_gives_config_error(data: dict[str, Any], cut: int, insert: str) -> None:
+    text = as_yaml_text(data)
+    if text is None:
+        return
+    parse_or_config_error(text)
+    position = cut % (len(text) + 1)
+    parse_or_config_error(text[:position] + insert + text[position + 1 :])
+
+
 @pytest.mark.parametrize(
     "where",
     [
@@ -370,7 +395,9 @@ def test_status_text_gives_kind_or_parse_error(text: str) -> None:
 
 
 @FUZZ
-@given(status=STATUS_OBJECTS, before=st.text(max_size=30), after=st.sampled_from(["", "\n", " \n\n"]))
+@given(
+    status=STATUS_OBJECTS, before=st.text(max_size=30), after=st.sampled_from(["", "\n", " \n\n"])
+)
 def test_status_json_gives_kind_or_parse_error(
     status: dict[str, Any], before: str, after: str
 ) -> None:
@@ -383,9 +410,13 @@ def test_status_json_gives_kind_or_parse_error(
     "line",
     [
         pytest.param('{"result": "done", "data": ' + "[" * 30_000, id="deep-unclosed"),
-        pytest.param('{"result": "done", "data": {"a":' + "[" * 20_000 + "]" * 20_000 + "}}", id="deep"),
+        pytest.param(
+            '{"result": "done", "data": {"a":' + "[" * 20_000 + "]" * 20_000 + "}}", id="deep"
+        ),
         pytest.param('{"result_bits": 1' + "0" * 5000 + "}", id="5000-digit-int"),
-        pytest.param('{"result": "done", "data": {"n": 1' + "0" * 5000 + "}}", id="5000-digit-data"),
+        pytest.param(
+            '{"result": "done", "data": {"n": 1' + "0" * 5000 + "}}", id="5000-digit-data"
+        ),
     ],
 )
 def test_status_hostile_json_gives_parse_error(line: str) -> None:

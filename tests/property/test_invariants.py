@@ -39,7 +39,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,17 +107,23 @@ class Scenario:
 
 @dataclass(frozen=True)
 class Pass:
+    """Plan and admit one pass; `seed` seeds the pass's random choices."""
+
     seed: int
 
 
 @dataclass(frozen=True)
 class End:
+    """End a running task (picked by index, in key order) with a reported result."""
+
     pick: int
     outcome: str
 
 
 @dataclass(frozen=True)
 class Advance:
+    """Move the clock forward, so that backoffs expire."""
+
     seconds: float
 
 
@@ -139,6 +145,8 @@ class CutBelowUsage:
 
 @dataclass(frozen=True)
 class SetLimit:
+    """Change a resource's limit in the config and reload it."""
+
     resource: int
     limit: int
 
@@ -154,6 +162,8 @@ class SetJobAmount:
 
 @dataclass(frozen=True)
 class ToggleJob:
+    """Disable an enabled job in the config, or enable a disabled one."""
+
     job: int
 
 
@@ -166,6 +176,8 @@ class ToggleNode:
 
 @dataclass(frozen=True)
 class ToggleDisabled:
+    """Mark a node disabled in the manual source, or enable it again; then fetch again."""
+
     node: int
 
 
@@ -520,7 +532,7 @@ class Simulation:
             self.disabled ^= {name}
             self.reload()
 
-    def edit_or_revert(self, revert: Any) -> None:
+    def edit_or_revert(self, revert: Callable[[], None]) -> None:
         try:
             self.reload()
         except ConfigError as exc:
@@ -640,7 +652,7 @@ def filter_accepts(level_filter: dict[str, Any] | None, job: str, name: str) -> 
     return stable_fraction_hash(job, name) < fraction * HASH_RANGE
 
 
-def summed_holdings(holdings: Iterator[Holdings] | Any) -> dict[NodeKey, dict[str, int]]:
+def summed_holdings(holdings: Iterable[Holdings]) -> dict[NodeKey, dict[str, int]]:
     total: dict[NodeKey, dict[str, int]] = {}
     for holding in holdings:
         for key, amounts in holding.items():

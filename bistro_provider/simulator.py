@@ -71,6 +71,9 @@ class SimulationOptions:
         mean d.
     :param churn: the fraction of level-1 nodes removed per simulated hour (Poisson).
     :param sample_interval: simulated seconds between throughput samples; d / 2 if None.
+    :param charge_pass_time: advance the simulated clock by the wall time the scheduler
+        spends on each batch of events and its pass, so a slow pass delays the tasks it
+        starts and the events that arrive meanwhile. Results then depend on the machine.
     """
 
     duration_mean: float = 300.0
@@ -79,6 +82,7 @@ class SimulationOptions:
     seed: int = 0
     mode: Mode = "incremental"
     sample_interval: float | None = None
+    charge_pass_time: bool = False
 
     def __post_init__(self) -> None:
         if not self.duration_mean > 0:
@@ -146,7 +150,11 @@ class ConcurrencyBound:
 
     def change(self, level: int, name: str, delta: int) -> None:
         key = (level, name)
-        self.open[key] = self.open.get(key, 0) + delta
+        count = self.open.get(key, 0) + delta
+        if count:
+            self.open[key] = count
+        else:
+            self.open.pop(key, None)
         self.open_total += delta
 
     def allowed(self, removed: set[str]) -> int:
@@ -284,6 +292,7 @@ class _Simulation:
         self.pass_seconds: list[float] = []
         self.ratios: list[tuple[float, float]] = []
         self.completed = 0
+        self.next_sample = 0.0
         self.removals = 0
         self.last_end = 0.0
         self._open_first_tasks()
@@ -308,24 +317,41 @@ class _Simulation:
 
     def run(self) -> SimulationReport:
         started = time.perf_counter()
-        interval = self.options.sample_interval or self.options.duration_mean / 2
-        self._admit(0.0, first=True)
+        # The first sample comes one interval in, after the first pass has started tasks.
+        self.next_sample = self.options.sample_interval or self.options.duration_mean / 2
+        free_at = self._step(0.0, first=True)
         if self.options.churn > 0:
             self._schedule_removal(0.0)
-        next_sample = 0.0
         while self.events and (self.running or self.bound.open_total):
-            now = self.events[0][0]
-            while next_sample < now:
-                self._sample(next_sample)
-                next_sample += interval
-            while self.events and self.events[0][0] == now:
-                _at, _seq, kind, payload = heapq.heappop(self.events)
-                self._handle(kind, payload, now)
-            self._admit(now, first=False)
+            now = max(self.events[0][0], free_at)
+            self._sample_until(now)
+            free_at = self._step(now, first=False)
             if not self.running and not self.pending_restores:
-                log.warning("Simulation stalled at %.1f s: open tasks cannot start", now)
+                if self.bound.open_total:
+                    log.warning("Simulation stalled at %.1f s: open tasks cannot start", now)
                 break
         return self._report(time.perf_counter() - started)
+
+    def _step(self, now: float, first: bool) -> float:
+        """Handle the events due at `now`, run one pass, and start its tasks.
+
+        :return: when the scheduler is free again: `now`, plus the wall time of the step
+            when `charge_pass_time` is set.
+        """
+        clock = time.perf_counter()
+        while self.events and self.events[0][0] <= now:
+            _at, _seq, kind, payload = heapq.heappop(self.events)
+            self._handle(kind, payload, now)
+        pass_clock = time.perf_counter()
+        started = self.engine.admit(self.statuses, self.running, now, first)
+        finished = time.perf_counter()
+        self.pass_seconds.append(finished - pass_clock)
+        start_at = now + (finished - clock if self.options.charge_pass_time else 0.0)
+        # Until start_at the new tasks are not running yet.
+        self._sample_until(start_at)
+        for admission in started:
+            self._start(admission, start_at)
+        return start_at
 
     def _handle(self, kind: int, payload: Any, now: float) -> None:
         if kind == _END:
@@ -337,17 +363,13 @@ class _Simulation:
             self.removed.discard(payload.name)
             self.engine.set_enabled(payload, True)
 
-    def _admit(self, now: float, first: bool) -> None:
-        clock = time.perf_counter()
-        started = self.engine.admit(self.statuses, self.running, now, first)
-        self.pass_seconds.append(time.perf_counter() - clock)
-        for admission in started:
-            key = (admission.job, admission.node)
-            top = admission.path[1] if len(admission.path) > 1 else admission.path[0]
-            self.statuses[key] = _RUNNING
-            self.running[key] = top
-            self.running_under[top] = self.running_under.get(top, 0) + 1
-            self.push(now + draw_duration(self.durations, self.options), _END, key)
+    def _start(self, admission: Admission, now: float) -> None:
+        key = (admission.job, admission.node)
+        top = admission.path[1] if len(admission.path) > 1 else admission.path[0]
+        self.statuses[key] = _RUNNING
+        self.running[key] = top
+        self.running_under[top] = self.running_under.get(top, 0) + 1
+        self.push(now + draw_duration(self.durations, self.options), _END, key)
 
     def _end(self, key: TaskKey, now: float) -> None:
         top = self.running.pop(key)
@@ -386,12 +408,16 @@ class _Simulation:
         if rate > 0:
             self.push(now + self.churn_rng.expovariate(rate), _REMOVE, None)
 
-    def _sample(self, at: float) -> None:
-        allowed = self.bound.allowed(self.removed)
-        if allowed <= 0:
-            return
-        hidden = sum(self.running_under.get(name, 0) for name in self.removed)
-        self.ratios.append((at, (len(self.running) - hidden) / allowed))
+    def _sample_until(self, end: float) -> None:
+        """Take every sample due before `end`; the state is constant until then."""
+        interval = self.options.sample_interval or self.options.duration_mean / 2
+        while self.next_sample < end:
+            allowed = self.bound.allowed(self.removed)
+            if allowed > 0:
+                hidden = sum(self.running_under.get(name, 0) for name in self.removed)
+                ratio = (len(self.running) - hidden) / allowed
+                self.ratios.append((self.next_sample, ratio))
+            self.next_sample += interval
 
     # -- the report --------------------------------------------------------------------------
 
@@ -433,7 +459,7 @@ def simulate(config: Config, options: SimulationOptions | None = None) -> Simula
     """Run one simulation of `config`'s forest and jobs; see the module docstring."""
     options = options or SimulationOptions()
     simulation = _Simulation(config, options)
-    log.info(
+    log.debug(
         "Simulating %d nodes and %d jobs in %s mode",
         len(simulation.forest),
         len(simulation.jobs),

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from airflow.cli.cli_config import ActionCommand, Arg, GroupCommand, lazy_load_command
 
+from bistro_provider.cli.simulate_command import SIMULATE_COMMAND
+
 ARG_CONFIG = Arg(
     ("--config",),
     help="Bistro config file (JSON, or YAML with the same keys); default: [bistro] config_file",
@@ -55,6 +57,7 @@ COMMANDS = (
         func=lazy_load_command("bistro_provider.cli.commands.plan"),
         args=(ARG_CONFIG, ARG_RUNNING, ARG_JOB_ORDER, ARG_SEED, ARG_NOW, ARG_JSON),
     ),
+    SIMULATE_COMMAND,
 )
 
 

@@ -84,6 +84,11 @@ class BistroNodeSnapshotOperator(BaseOperator):
         for node in forest.nodes(level):
             if node.name not in paths and task_eligibility(job, node, settings.levels) == "yes":
                 paths[node.name] = node.path_names()
+        added = _added_by_trigger(context)
+        if added is not None:
+            # A continuous job's run covers the nodes that appeared since the last run;
+            # nodes it has already done are skipped by the executor.
+            paths = {name: path for name, path in paths.items() if name in added}
         names = sorted(paths)
         _check_map_length(len(names), self.job)
         context["ti"].xcom_push(key=PATHS_KEY, value=paths)
@@ -95,6 +100,31 @@ class BistroNodeSnapshotOperator(BaseOperator):
             len(forest),
         )
         return names
+
+
+def _added_by_trigger(context: Any) -> set[str] | None:
+    """Return the node names that the node-graph events behind this run report as added.
+
+    None means "all current nodes": the run was not started by node-graph events, or one of
+    them did not know what was added (the first event of a watcher lists every node).
+    """
+    events = context.get("triggering_asset_events") or {}
+    added: set[str] = set()
+    seen = False
+    for asset_events in events.values():
+        for event in asset_events:
+            payload = (getattr(event, "extra", None) or {}).get("payload")
+            if not isinstance(payload, dict) or "fingerprint" not in payload:
+                continue
+            seen = True
+            names = payload.get("added")
+            if names is None or payload.get("added_count", len(names)) > len(names):
+                return None
+            if payload.get("level") is None:
+                # Without a level the trigger lists names as LEVEL/NAME.
+                names = [str(name).split("/", 1)[-1] for name in names]
+            added.update(str(name) for name in names)
+    return added if seen else None
 
 
 def _check_map_length(count: int, job: str) -> None:

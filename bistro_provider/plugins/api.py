@@ -34,6 +34,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from bistro_provider import __version__
+from bistro_provider.plugins.forest_page import forest_page
 from bistro_provider.state import BistroState, StateError
 from bistro_provider.state.monitor import handle_monitor
 from bistro_provider.state.schemas import (
@@ -283,21 +284,7 @@ def get_docs(request: Request) -> HTMLResponse:
     return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{TITLE} API")
 
 
-PLACEHOLDER_PAGE = """<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><title>Bistro forest</title></head>
-<body>
-<h1>Bistro forest</h1>
-<p>The forest page is not built yet. Until it is, the same data is available as JSON at
-<a href="../api/v1/forest">api/v1/forest</a>, <a href="../api/v1/jobs">api/v1/jobs</a> and
-<a href="../api/v1/waiting">api/v1/waiting</a>, and from <code>airflow bistro forest</code>.</p>
-</body>
-</html>
-"""
-
-
 @app.get("/ui/", include_in_schema=False, dependencies=AUTHENTICATED)
 def get_ui() -> HTMLResponse:
-    # TODO: replace this placeholder with the forest page once it is built; the external
-    # view "Bistro forest" in bistro_plugin.py already points here.
-    return HTMLResponse(PLACEHOLDER_PAGE)
+    """Serve the forest page, which Airflow's UI shows as the external view "Bistro forest"."""
+    return HTMLResponse(forest_page(), headers={"Cache-Control": "no-store"})

@@ -176,22 +176,34 @@ def test_file_just_under_ten_mib_loads(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "fragment"),
+    ("text", "fragments"),
     [
-        pytest.param("[" * 10_000 + "]" * 10_000, "nested too deeply", id="json-lists"),
-        pytest.param('{"a":' * 10_000 + "0" + "}" * 10_000, "nested too deeply", id="json-objects"),
-        pytest.param("x: " + "[" * 10_000 + "]" * 10_000, "nested too deeply", id="yaml-flow"),
+        pytest.param(
+            "[" * 10_000 + "]" * 10_000,
+            ["not valid JSON: nested too deeply to read; keep values under 100 levels"],
+            id="json-lists",
+        ),
+        pytest.param(
+            '{"a":' * 10_000 + "0" + "}" * 10_000,
+            ["not valid JSON: nested too deeply to read; keep values under 100 levels"],
+            id="json-objects",
+        ),
+        pytest.param(
+            "x: " + "[" * 10_000 + "]" * 10_000,
+            ["not valid JSON or YAML: line 1 column", "exceeded maximum nesting depth"],
+            id="yaml-flow",
+        ),
         pytest.param(
             json.dumps(make_config(j={"config": json.loads("[" * 150 + "]" * 150)})),
-            "bistro_job->j.config[0][0]",
+            ["bistro_job->j.config[0][0]", "nested more than 100 levels deep"],
             id="json-150-levels",
         ),
     ],
 )
-def test_deep_nesting_is_config_error(text: str, fragment: str) -> None:
+def test_deep_nesting_is_config_error(text: str, fragments: list[str]) -> None:
     message = config_error(text)
-    assert fragment in message
-    assert "100 levels" in message
+    for fragment in fragments:
+        assert fragment in message
 
 
 YAML_ALIAS_BOMB = "\n".join(

@@ -595,7 +595,7 @@ def test_continuous_job_dag_watches_task_level(graph: GraphFiles, options: Bistr
     assert trigger.level == "host"
     assert trigger.poll_interval == 7.0
     assert trigger.script_timeout == 9.0
-    assert dag.max_active_runs == 1
+    assert dag.max_active_runs == 4
 
 
 def test_plain_job_dag_keeps_manual_schedule(graph: GraphFiles, options: BistroOptions) -> None:

@@ -1,4 +1,6 @@
 // Requests to the provider's JSON API, banners, and running operator actions.
+// Each script runs in its own function scope and shares only the `Bistro` object.
+(() => {
 "use strict";
 
 /** The API's root: the page is served at <base>bistro/ui/, the API at <base>bistro/api/v1/. */
@@ -164,3 +166,4 @@ Bistro.clearCapacity = (level, node, resource) =>
     resource ? `clear the ${resource} override of ${level} ${node}` : `clear the overrides of ${level} ${node}`,
     () => Bistro.request("DELETE", "capacity", { query: { level, node, resource } }),
   );
+})();

@@ -1,4 +1,6 @@
 // The details panel of one node: its path, resources with capacity edits, holders and waiters.
+// Each script runs in its own function scope and shares only the `Bistro` object.
+(() => {
 "use strict";
 
 /** Open the details of a node; `node` may be null, and is then fetched. */
@@ -190,3 +192,4 @@ function waiterItem(task) {
     Bistro.h("div", null, Bistro.taskLinks(task)),
   );
 }
+})();

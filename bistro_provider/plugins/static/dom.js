@@ -1,5 +1,7 @@
 // DOM helpers, formatting and the page's shared state. Loaded first; the other scripts
 // add their functions to the same `Bistro` namespace.
+// Each script runs in its own function scope and shares only the `Bistro` object.
+(() => {
 "use strict";
 
 const Bistro = (window.Bistro = {});
@@ -235,3 +237,4 @@ Bistro.taskLinks = function taskLinks(task) {
     Bistro.airflowLink(Bistro.taskInstanceUrl(task, logSuffix), "Log", { class: "log-link" }),
   );
 };
+})();

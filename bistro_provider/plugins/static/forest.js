@@ -3,6 +3,8 @@
 // Only expanded levels fetch their nodes, one page at a time, so a forest of 150,000
 // databases costs one page of rows per refresh. Collapsed levels fetch only their count
 // (limit=0), every COUNT_EVERY_TICKS refreshes and whenever the filters change.
+// Each script runs in its own function scope and shares only the `Bistro` object.
+(() => {
 "use strict";
 
 Bistro.COUNT_EVERY_TICKS = 6;
@@ -229,3 +231,4 @@ Bistro.findNode = async function findNode(level, name) {
   const data = await Bistro.request("GET", "forest", { query: { level, query: name, limit: 500 } });
   return data.nodes.find((node) => node.name === name) || null;
 };
+})();

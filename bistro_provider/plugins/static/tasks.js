@@ -1,4 +1,6 @@
 // Jobs with their progress, and the running and waiting task tables.
+// Each script runs in its own function scope and shares only the `Bistro` object.
+(() => {
 "use strict";
 
 /** Progress categories in bar order, as the API's Progress model names them. */
@@ -231,3 +233,4 @@ Bistro.selectTaskNode = function selectTaskNode(jobName, node) {
   const level = job ? job.level_for_tasks : Bistro.state.levels[Bistro.state.levels.length - 2];
   Bistro.selectNode(level, node, null);
 };
+})();

@@ -6,7 +6,7 @@ NODE STATUS_PIPE JSON_ARG``
 Bistro appends the last three arguments: the node name, the path of the status pipe, and a
 JSON object whose ``path_to_node`` is the root-first list of node names (instance, host, db).
 The task checks ``ROOT/<host>/<node>.sqlite`` (integrity check, ANALYZE, row counts and a
-SHA-256 checksum of every row), then writes ``OUTDIR/timeline/<node>.json`` with its own start
+SHA-256 checksum of every row), then writes ``OUTDIR/timeline/<node>.<pid>.json`` with its own start
 and end times and ``OUTDIR/report/<node>.json`` with the results. Last, it writes its status to
 the pipe: ``done``, ``failed`` when the integrity check finds damage, or ``error_backoff`` on
 any other error. Bistro ignores the exit code.
@@ -170,7 +170,8 @@ def run(args: argparse.Namespace, start: float) -> str:
 
     node = args.node
     timeline = {"node": node, "host": host, "start": start, "end": end, "pid": os.getpid()}
-    write_json(args.out / "timeline" / f"{node}.json", timeline)
+    # One file per run of the task, so a node processed twice shows up as two records.
+    write_json(args.out / "timeline" / f"{node}.{os.getpid()}.json", timeline)
     report = {
         "node": node,
         "host": host,

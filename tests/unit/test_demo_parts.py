@@ -251,7 +251,8 @@ def test_maintain_reports_done_and_results(small_fleet: fleet.FleetInfo, tmp_pat
 def test_maintain_writes_timeline(small_fleet: fleet.FleetInfo, tmp_path: Path) -> None:
     host, node = _first_db(small_fleet)
     _run_task(small_fleet.root, tmp_path, node, ["instance", host, node])
-    record = json.loads((tmp_path / "timeline" / f"{node}.json").read_text())
+    [path] = (tmp_path / "timeline").glob(f"{node}.*.json")
+    record = json.loads(path.read_text())
     assert (record["node"], record["host"]) == (node, host)
     assert record["start"] <= record["end"]
     assert isinstance(record["pid"], int)

@@ -5,45 +5,51 @@ a stable (sorted) order; the mapped task expands over that list, so map index i 
 the i-th name. The executor reads the same list from the metadata database to learn which
 node a queued task instance is for, admits it, and records what it granted under the
 snapshot task's XCom key ``bistro_admission.<map_index>``, which the task then reads.
+`BistroNodeTask` (in `bistro_provider.operators.node_task`) reads it and maps the task's
+Bistro status to Airflow; `BistroOperatorTask` runs any Airflow operator the same way.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import socket
-import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import (
-    AirflowFailException,
-    AirflowRescheduleException,
-    AirflowSkipException,
-)
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from bistro_provider.core.config import load_config
 from bistro_provider.core.errors import StatusParseError
 from bistro_provider.core.filters import task_eligibility
-from bistro_provider.core.model import Backoff
-from bistro_provider.core.protocol import run_task_command, task_argument
+from bistro_provider.core.protocol import CommandResult, run_task_command, task_argument
 from bistro_provider.core.resources import task_needs
-from bistro_provider.core.status import TaskStatus, apply_result, parse_status_line
+from bistro_provider.core.status import parse_status_line
 from bistro_provider.nodes import fetch_forest
+from bistro_provider.operators.node_task import (
+    ADMISSION_KEY_PREFIX,
+    PATHS_KEY,
+    SNAPSHOT_TASK_ID,
+    STATUS_KEY,
+    BistroNodeTask,
+    TaskResult,
+    admission_key,
+    find_job,
+)
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_TASK_ID = "snapshot_nodes"
-PATHS_KEY = "bistro_paths"
-STATUS_KEY = "bistro_status"
-ADMISSION_KEY_PREFIX = "bistro_admission."
-
-
-def admission_key(map_index: int) -> str:
-    """Return the XCom key under which the executor records one task's admission."""
-    return f"{ADMISSION_KEY_PREFIX}{map_index}"
+__all__ = [
+    "ADMISSION_KEY_PREFIX",
+    "PATHS_KEY",
+    "SNAPSHOT_TASK_ID",
+    "STATUS_KEY",
+    "BistroNodeSnapshotOperator",
+    "BistroTaskOperator",
+    "admission_key",
+]
 
 
 class BistroNodeSnapshotOperator(BaseOperator):
@@ -52,22 +58,42 @@ class BistroNodeSnapshotOperator(BaseOperator):
     :param job: the Bistro job name (``bistro_job->NAME`` in the config).
     :param config_file: the Bistro config file; nodes come from its node sources.
     :param script_timeout: seconds a node-source script may run.
+    :param config_source: a config location (``variable:NAME``, ``plugin:NAME``) read
+        instead of `config_file`.
+    :param job_config: the job's definition when a DAG file defines it instead of the config.
     """
 
     ui_color = "#e8f0fe"
 
-    def __init__(self, *, job: str, config_file: str, script_timeout: float = 60.0, **kwargs):
+    def __init__(
+        self,
+        *,
+        job: str,
+        config_file: str,
+        script_timeout: float = 60.0,
+        config_source: str | None = None,
+        job_config: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.job = job
         self.config_file = config_file
         self.script_timeout = script_timeout
+        self.config_source = config_source
+        self.job_config = job_config
 
     def execute(self, context: Any) -> list[str]:
-        config = load_config(self.config_file)
-        job = config.jobs.get(self.job)
+        from bistro_provider.config_store import load_config_at
+
+        location = self.config_source or self.config_file
+        config = load_config_at(location)
+        try:
+            job = find_job(config, self.job, self.job_config, location)
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from exc
         if job is None:
             raise AirflowFailException(
-                f"job {self.job!r} is not in {self.config_file}; defined jobs: "
+                f"job {self.job!r} is not in {location}; defined jobs: "
                 f"{', '.join(sorted(config.jobs)) or 'none'}"
             )
         if job.errors:
@@ -84,11 +110,10 @@ class BistroNodeSnapshotOperator(BaseOperator):
         for node in forest.nodes(level):
             if node.name not in paths and task_eligibility(job, node, settings.levels) == "yes":
                 paths[node.name] = node.path_names()
-        added = _added_by_trigger(context)
-        if added is not None:
-            # A continuous job's run covers the nodes that appeared since the last run;
-            # nodes it has already done are skipped by the executor.
-            paths = {name: path for name, path in paths.items() if name in added}
+        # A continuous job's run maps every current node, and the executor skips the nodes
+        # the job has already done. Mapping only the nodes that the triggering events list
+        # as added would lose nodes: Airflow 3.3 drops node-graph events that arrive while
+        # the DAG waits at max_active_runs, except the first.
         names = sorted(paths)
         _check_map_length(len(names), self.job)
         context["ti"].xcom_push(key=PATHS_KEY, value=paths)
@@ -102,31 +127,6 @@ class BistroNodeSnapshotOperator(BaseOperator):
         return names
 
 
-def _added_by_trigger(context: Any) -> set[str] | None:
-    """Return the node names that the node-graph events behind this run report as added.
-
-    None means "all current nodes": the run was not started by node-graph events, or one of
-    them did not know what was added (the first event of a watcher lists every node).
-    """
-    events = context.get("triggering_asset_events") or {}
-    added: set[str] = set()
-    seen = False
-    for asset_events in events.values():
-        for event in asset_events:
-            payload = (getattr(event, "extra", None) or {}).get("payload")
-            if not isinstance(payload, dict) or "fingerprint" not in payload:
-                continue
-            seen = True
-            names = payload.get("added")
-            if names is None or payload.get("added_count", len(names)) > len(names):
-                return None
-            if payload.get("level") is None:
-                # Without a level the trigger lists names as LEVEL/NAME.
-                names = [str(name).split("/", 1)[-1] for name in names]
-            added.update(str(name) for name in names)
-    return added if seen else None
-
-
 def _check_map_length(count: int, job: str) -> None:
     from airflow.sdk.configuration import conf
 
@@ -138,7 +138,7 @@ def _check_map_length(count: int, job: str) -> None:
         )
 
 
-class BistroTaskOperator(BaseOperator):
+class BistroTaskOperator(BistroNodeTask):
     """Run one Bistro task: the job's command (or a Python callable) on one node.
 
     The status maps to Airflow as follows: ``done`` succeeds; ``incomplete`` reschedules
@@ -147,9 +147,8 @@ class BistroTaskOperator(BaseOperator):
     job's backoff list is used up (never, if it ends in ``"repeat"``); ``failed`` fails with
     no retry. A missing or unparsable status counts as ``error_backoff``.
 
-    :param job: the Bistro job name.
-    :param node: the node name; mapped over the snapshot's output.
-    :param config_file: the Bistro config, read when the executor's admission is missing.
+    Parameters other than these two are those of `BistroNodeTask`.
+
     :param python_callable: runs instead of the job's command; called as
         ``python_callable(node, argument)`` with Bistro's JSON argument as a dict, and may
         return a status label or ``{"result": label, "data": {...}}`` (None means done).
@@ -169,37 +168,19 @@ class BistroTaskOperator(BaseOperator):
         command_timeout: float | None = None,
         **kwargs: Any,
     ):
-        super().__init__(**kwargs)
-        self.job = job
-        self.node = node
-        self.config_file = config_file
-        self.snapshot_task_id = snapshot_task_id
+        super().__init__(
+            job=job,
+            node=node,
+            config_file=config_file,
+            snapshot_task_id=snapshot_task_id,
+            **kwargs,
+        )
         self.python_callable = python_callable
         self.command_timeout = command_timeout
+        self._command_pgid: int | None = None
 
-    def execute(self, context: Any) -> Any:
-        ti = context["ti"]
-        admission = ti.xcom_pull(
-            task_ids=self.snapshot_task_id, key=admission_key(ti.map_index), map_indexes=-1
-        )
-        if isinstance(admission, str):
-            admission = json.loads(admission)
-        if not admission:
-            self.log.warning(
-                "Task %s of job %s was not admitted by BistroExecutor; running without "
-                "resource admission (set [core] executor to BistroExecutor to enforce limits)",
-                self.node,
-                self.job,
-            )
-            admission = self._admission_without_executor(ti)
-        previous = TaskStatus.from_json(admission["prev_status"]) if admission.get(
-            "prev_status"
-        ) else None
-        kind, data = self._run(admission)
-        backoff = Backoff(tuple(admission["backoff"]["delays"]), admission["backoff"]["repeat"])
-        status = apply_result(previous, kind, backoff, time.time(), data=data)
-        ti.xcom_push(key=STATUS_KEY, value=status.to_json())
-        return self._finish(status)
+    def _task_result(self, admission: dict[str, Any], context: Any) -> TaskResult:
+        return self._run(admission)
 
     def _run(self, admission: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
         argument = task_argument(
@@ -214,6 +195,7 @@ class BistroTaskOperator(BaseOperator):
         if self.python_callable is not None:
             return self._run_callable(argument)
         command = admission.get("command") or []
+        supervisor = os.getppid()
         try:
             result = run_task_command(
                 command,
@@ -221,13 +203,50 @@ class BistroTaskOperator(BaseOperator):
                 argument,
                 timeout=self.command_timeout,
                 on_output=lambda line: self.log.info("%s", line),
+                on_start=self._remember_command,
+                # A task process whose supervisor died gets no heartbeats, so Airflow fails
+                # it and frees its resources; its command must not keep running meanwhile.
+                keep_running=lambda: os.getppid() == supervisor,
+                die_with_parent=True,
             )
         except (FileNotFoundError, PermissionError, ValueError) as exc:
             self.log.error("Job %s could not start its command %s: %s", self.job, command, exc)
             return "error_backoff", {"exception": f"failed to start the command: {exc}"}
+        finally:
+            self._command_pgid = None
+        return self._result_of(result)
+
+    def _result_of(self, result: CommandResult) -> tuple[str, dict[str, Any] | None]:
         if result.timed_out:
-            self.log.error("Command timed out after %s s and was killed", self.command_timeout)
+            message = (
+                f"timed out after {self.command_timeout:g} s (airflow.task_timeout_sec); "
+                "the command's process group was killed"
+            )
+            self.log.error("Command of job %s on %s %s", self.job, self.node, message)
+            return "error_backoff", {"exception": message, "timed_out": True}
+        if result.abandoned:
+            message = "the Airflow task supervisor exited; the command's process group was killed"
+            self.log.error("Command of job %s on %s: %s", self.job, self.node, message)
+            return "error_backoff", {"exception": message}
         return self._parse(result.status_text)
+
+    def _remember_command(self, pgid: int) -> None:
+        self._command_pgid = pgid
+
+    def on_kill(self) -> None:
+        """Kill the running command's process group when Airflow stops this task.
+
+        The command runs in a session of its own, so the signal that stops the task process
+        does not reach it; without this it would keep running after its resources were freed.
+        """
+        pgid = getattr(self, "_command_pgid", None)
+        if pgid is None:
+            return
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self.log.warning("Task stopped by Airflow; killed the command's process group %d", pgid)
 
     def _run_callable(self, argument: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
         assert self.python_callable is not None
@@ -248,34 +267,6 @@ class BistroTaskOperator(BaseOperator):
         except StatusParseError as exc:
             self.log.error("Invalid status from the task; raw status text: %r", text[-2000:])
             return "error_backoff", {"exception": str(exc)}
-
-    def _finish(self, status: TaskStatus) -> Any:
-        self.log.info("Bistro status of %s on %s: %s", self.job, self.node, status.kind)
-        now = datetime.now(tz=timezone.utc)
-        if status.kind == "done":
-            return status.data
-        if status.kind == "failed":
-            raise AirflowFailException(f"task reported failed: {status.data or {}}")
-        if status.kind == "incomplete":
-            raise AirflowRescheduleException(now)
-        self.log.info("Backing off for %d s before the next attempt", status.backoff)
-        raise AirflowRescheduleException(now + timedelta(seconds=status.backoff))
-
-    def _admission_without_executor(self, ti: Any) -> dict[str, Any]:
-        config = load_config(self.config_file)
-        job = config.jobs[self.job]
-        paths = ti.xcom_pull(task_ids=self.snapshot_task_id, key="bistro_paths", map_indexes=-1)
-        path = (paths or {}).get(self.node, [self.node])
-        return {
-            "path": path,
-            "config": job.config,
-            "command": list(job.command),
-            "backoff": {"delays": list(job.backoff.delays), "repeat": job.backoff.repeat},
-            "resources_by_node": {},
-            "prev_status": None,
-            "worker_node": socket.gethostname(),
-            "worker_host": socket.gethostname(),
-        }
 
 
 def needs_by_node_name(settings: Any, job: Any, path_nodes: list[Any]) -> dict[str, dict[str, int]]:

@@ -26,9 +26,11 @@ from typing import Any
 
 from airflow.utils.session import create_session
 from airflow.utils.state import TaskInstanceState
+from sqlalchemy.exc import SQLAlchemyError
 
+from bistro_provider.config_store import configured_location, open_config_source
 from bistro_provider.core.live import LiveForest, RefreshIntervals
-from bistro_provider.executors.admission import AdmissionController, Granted
+from bistro_provider.executors.admission import AdmissionController, Granted, WaitingTask
 from bistro_provider.executors.endings import record_endings
 from bistro_provider.executors.orphans import (
     OrphanTracker,
@@ -44,6 +46,7 @@ from bistro_provider.store import repository
 log = logging.getLogger(__name__)
 
 RUNNING_STATES = (TaskInstanceState.RUNNING, TaskInstanceState.QUEUED)
+QUEUED = TaskInstanceState.QUEUED
 
 
 class BistroAdmissionMixin:
@@ -62,9 +65,10 @@ class BistroAdmissionMixin:
     def _init_bistro(self, options: BistroOptions) -> None:
         self.options = options
         live = None
-        if self.options.config_file:
+        location = configured_location(self.options)
+        if location:
             live = LiveForest(
-                self.options.config_file,
+                open_config_source(location),
                 RefreshIntervals(
                     config_update=self.options.config_update_interval,
                     nodes_update=self.options.nodes_update_interval,
@@ -112,8 +116,8 @@ class BistroAdmissionMixin:
             self._refresh_overrides(session)
         if self.admission.live is None:
             log.warning(
-                "[bistro] config_file is not set: Bistro job tasks will wait until it is; "
-                "other tasks run normally"
+                "No Bistro config: [bistro] config_file is not set and [bistro] config_source "
+                "is file. Bistro job tasks wait until a config is set; other tasks run normally"
             )
         else:
             self.admission.live.poll(force=True)
@@ -125,22 +129,50 @@ class BistroAdmissionMixin:
         if self.admission.live is not None:
             self.admission.live.poll()
         self.admission.set_workers(self._current_workers())
+        self._forget_dispatched_waiting()
         free = self.parallelism - len(self._dispatched)
         callbacks = list(self.queued_callbacks.values())[: max(free, 0)]
         free -= len(callbacks)
         if not self.queued_tasks:
             self._dispatch(callbacks, [])
             return
-        with create_session() as session:
-            plain = self.admission.resolve(self._unresolved(), session)
-            plain = sorted(plain, key=lambda w: -w.ti.priority_weight)[: max(free, 0)]
-            free -= len(plain)
-            granted = self._admit(free, session)
+        plain: list[Any] = []
+        granted: list[Granted] = []
+        try:
+            with create_session() as session:
+                plain = self.admission.resolve(self._unresolved(), session)
+                plain = sorted(plain, key=lambda w: -w.ti.priority_weight)[: max(free, 0)]
+                free -= len(plain)
+                granted = self._admit(free, session)
+        except SQLAlchemyError:
+            # Grants committed before the error are dispatched below; every other task keeps
+            # waiting here and the next heartbeat tries again.
+            log.exception(
+                "Bistro admission could not use the metadata database; %d tasks keep waiting "
+                "and the pass is retried on the next heartbeat",
+                len(self.admission.waiting),
+            )
         self._dispatch([*callbacks, *plain], granted)
 
+    def _forget_dispatched_waiting(self) -> None:
+        """Drop waiting entries of task instances that are already dispatched.
+
+        A key handed to a worker must never be admitted or skipped again before its end is
+        seen; running it twice makes Airflow refuse the second start and fail the task.
+        """
+        for key in [key for key in self.admission.waiting if key in self._dispatched]:
+            log.warning("Task %s is waiting and dispatched at once; keeping it dispatched", key)
+            self.admission.forget(key)
+
     def _unresolved(self) -> list[Any]:
+        """Return queued workloads not yet waiting, leaving out keys still dispatched: a try
+        queued again before the end of the previous one was seen waits for that end."""
         waiting = self.admission.waiting
-        return [w for key, w in self.queued_tasks.items() if key not in waiting]
+        return [
+            w
+            for key, w in self.queued_tasks.items()
+            if key not in waiting and key not in self._dispatched
+        ]
 
     def _admit(self, free: int, session: Any) -> list[Granted]:
         if free <= 0 or not self.admission.waiting:
@@ -152,7 +184,7 @@ class BistroAdmissionMixin:
         # Read-check-write under one lock: the grants of every scheduler, then this pass.
         repository.lock_admission(session)
         self.admission.sync_ledger(repository.load_grants(session))
-        granted = self.admission.run_pass(free, statuses)
+        granted = self._drop_not_queued(self.admission.run_pass(free, statuses), session)
         if not granted:
             session.rollback()
             return []
@@ -160,12 +192,53 @@ class BistroAdmissionMixin:
             self.admission.commit(granted, session, statuses)
             session.commit()
         except Exception:
-            # The tasks stay queued here and are tried again on the next heartbeat.
-            session.rollback()
+            # The tasks stay queued here and are tried again on the next heartbeat. Memory
+            # is rolled back first, because the database rollback fails on a dropped
+            # connection.
             self.admission.rollback(granted)
             log.exception("Could not record %d Bistro grants; will retry", len(granted))
+            session.rollback()
             return []
         return granted
+
+    def _drop_not_queued(self, granted: list[Granted], session: Any) -> list[Granted]:
+        """Give back what the pass granted to task instances that are no longer queued.
+
+        A task instance leaves QUEUED while it waits here when someone marks its DAG run
+        failed or success (Airflow then sets it to SKIPPED), so it must neither take
+        resources nor start.
+        """
+        if not granted:
+            return granted
+        states = repository.ti_states(session, [item.task.ti_id for item in granted])
+        stale = [item for item in granted if states.get(item.task.ti_id) != QUEUED]
+        if not stale:
+            return granted
+        self.admission.rollback(stale)
+        self._forget_waiting([item.task for item in stale], states)
+        return [item for item in granted if item not in stale]
+
+    def _drop_stale_waiting(self, session: Any) -> None:
+        """Forget waiting tasks whose task instances are no longer queued, so they stop
+        using `max_waiting_tasks` places."""
+        waiting = list(self.admission.waiting.values())
+        if not waiting:
+            return
+        states = repository.ti_states(session, [task.ti_id for task in waiting])
+        self._forget_waiting([t for t in waiting if states.get(t.ti_id) != QUEUED], states)
+
+    def _forget_waiting(self, tasks: list[WaitingTask], states: dict[str, Any]) -> None:
+        for task in tasks:
+            key = task.workload.ti.key
+            self.admission.forget(key)
+            self.queued_tasks.pop(key, None)
+            log.info(
+                "Dropped waiting task %s (%s on %s): its task instance is %s, no longer queued",
+                key,
+                task.job,
+                task.node,
+                states.get(task.ti_id) or "deleted",
+            )
 
     def _dispatch(self, others: list[Any], granted: list[Granted]) -> None:
         workloads = list(others)
@@ -209,6 +282,15 @@ class BistroAdmissionMixin:
             ended, self._ended = self._ended, []
             record_endings(self.admission, ended)
         now = time.time()
+        try:
+            self._sync_state(now)
+        except SQLAlchemyError:
+            log.exception(
+                "Bistro state sync could not use the metadata database; retrying in %g s",
+                self.options.state_sync_interval,
+            )
+
+    def _sync_state(self, now: float) -> None:
         if now >= self._next_sync:
             self._next_sync = now + self.options.state_sync_interval
             self.admission.forget_finished_runs()
@@ -222,6 +304,7 @@ class BistroAdmissionMixin:
             self._next_reconcile = now + self.options.grant_check_interval
             with create_session() as session:
                 self._release_foreign_grants(session)
+                self._drop_stale_waiting(session)
 
     def _forget_lost_tasks(self) -> list[str]:
         """Stop counting tasks of lost workers as dispatched; return their grant ids."""
@@ -240,7 +323,11 @@ class BistroAdmissionMixin:
             return
         jobs = {task.job for task in self.admission.waiting.values()}
         statuses = repository.load_statuses(session, jobs)
-        drops = waiting_to_drop(self.admission, statuses)
+        drops = [
+            (task, note)
+            for task, note in waiting_to_drop(self.admission, statuses)
+            if task.workload.ti.key not in self._dispatched
+        ]
         if not drops:
             return
         stop_task_instances(
@@ -267,12 +354,17 @@ class BistroAdmissionMixin:
             return
         states = repository.ti_states(session, foreign)
         gone = [h for h in foreign if states.get(h) not in RUNNING_STATES]
+        if not gone:
+            return
+        # The scheduler that admitted these tasks is gone, so no executor saw them end:
+        # record their Bistro statuses (depends_on reads them), and forget them as running
+        # so that their (job, node) may run again.
+        record_endings(self.admission, [(holder, states.get(holder), holder) for holder in gone])
         for holder in gone:
-            self.admission.ledger.release(holder)
+            self.admission.release(holder)
         repository.delete_grants(session, gone)
         session.commit()
-        if gone:
-            log.info("Released %d grants of tasks that are no longer running", len(gone))
+        log.info("Released %d grants of tasks that are no longer running", len(gone))
 
     def end(self) -> None:
         super().end()

@@ -4,8 +4,9 @@ Every route needs a logged-in Airflow user, checked by Airflow's own security de
 which accept the ``Authorization: Bearer`` header or the UI's ``_token`` cookie. Reads need
 nothing more. Killing a task and forgiving a job need permission to edit task instances of
 DAGs, which is what marking a task failed needs in Airflow's own API. Capacity overrides
-need permission to edit pools, because they play the role of pool slots. With Airflow's
-SimpleAuthManager that means role USER for the former and OP for the latter.
+need permission to edit pools, because they play the role of pool slots, and so do saving
+and deleting jobs, which change the same config. With Airflow's SimpleAuthManager that means
+role USER for the former and OP for the latter.
 
 The OpenAPI schema and Swagger page are served at ``/bistro/openapi.json`` and
 ``/bistro/docs`` to logged-in users only.
@@ -47,11 +48,13 @@ from bistro_provider.state.schemas import (
     ForestResponse,
     ForgiveResponse,
     HistogramResponse,
+    JobEditResponse,
     JobInfo,
     JobsResponse,
     KillRequest,
     KillResponse,
     RunningResponse,
+    SaveJobRequest,
     WaitingResponse,
 )
 
@@ -223,6 +226,50 @@ def delete_capacity(
 ) -> dict[str, Any]:
     """Remove a node's live limits, so the config and node-source limits apply again."""
     result = BistroState.load(session).clear_capacity(_user_name(user), level, node, resource)
+    session.commit()
+    return result
+
+
+@router.put(
+    "/jobs/{job}",
+    response_model=JobEditResponse,
+    dependencies=[Depends(requires_access_pool("PUT"))],
+    responses={
+        400: {"description": "Invalid job, or the config source is read-only"},
+        404: {"description": "The config file or Variable does not exist"},
+        409: {"description": "expected_version is not the job's current version"},
+    },
+)
+def put_job(
+    job: str, body: SaveJobRequest, user: GetUserDep, session: SessionDep
+) -> dict[str, Any]:
+    """Create or replace a job in the config source; its version_id goes up by one."""
+    result = BistroState.load(session).save_job(
+        _user_name(user), job, body.job, body.expected_version
+    )
+    session.commit()
+    return result
+
+
+@router.delete(
+    "/jobs/{job}",
+    response_model=JobEditResponse,
+    dependencies=[Depends(requires_access_pool("DELETE"))],
+    responses={
+        404: {"description": "Unknown job"},
+        409: {"description": "expected_version is not the job's current version"},
+    },
+)
+def delete_job(
+    job: str,
+    user: GetUserDep,
+    session: SessionDep,
+    expected_version: Annotated[
+        int, Query(description="The version_id the job had when it was read")
+    ],
+) -> dict[str, Any]:
+    """Delete a job from the config source if it is still at the expected version."""
+    result = BistroState.load(session).delete_job(_user_name(user), job, expected_version)
     session.commit()
     return result
 

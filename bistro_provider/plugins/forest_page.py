@@ -8,7 +8,6 @@ browser's ``_token`` cookie, so inside Airflow's UI they act as the logged-in us
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -20,9 +19,11 @@ STYLES_MARKER = "<!-- bistro:styles -->"
 SCRIPTS_MARKER = "<!-- bistro:scripts -->"
 
 
-@functools.cache
 def forest_page() -> str:
-    """Return the page, built once per process from the files in ``static/``.
+    """Return the page, built from the files in ``static/`` on every request.
+
+    The files are small and the page loads once per visit (refreshes are API calls), so
+    reading them each time costs little and lets edits show without a restart.
 
     :raises ValueError: when the template lacks one of the two markers.
     """

@@ -18,7 +18,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import websocket
 
@@ -59,7 +59,8 @@ class Connection:
     """One DevTools WebSocket: numbered calls, with events kept for later inspection."""
 
     def __init__(self, url: str) -> None:
-        # Chromium rejects WebSocket clients that send an Origin it was not told to allow.
+        # Chromium rejects WebSocket clients whose Origin is not in --remote-allow-origins, so
+        # the client sends no Origin header.
         self._socket = websocket.create_connection(url, timeout=CALL_TIMEOUT, suppress_origin=True)
         self._ids = itertools.count(1)
         self.events: list[dict[str, Any]] = []
@@ -148,16 +149,20 @@ class Page:
         path.write_bytes(base64.b64decode(data))
         return path
 
-    def script_errors(self) -> list[str]:
-        """Return uncaught exceptions and console errors reported so far."""
+    def script_errors(self) -> list[tuple[str, str]]:
+        """Return (script URL, text) of uncaught exceptions and console errors so far."""
         errors = []
         for event in self.connection.events:
             params = event.get("params", {})
             if event["method"] == "Runtime.exceptionThrown":
                 details = params.get("exceptionDetails", {})
-                errors.append(details.get("exception", {}).get("description") or str(details))
+                text = details.get("exception", {}).get("description") or str(details)
+                errors.append((str(details.get("url", "")), text))
             elif event["method"] == "Runtime.consoleAPICalled" and params.get("type") == "error":
-                errors.append(" ".join(str(arg.get("value", "")) for arg in params.get("args", [])))
+                frames = params.get("stackTrace", {}).get("callFrames", [])
+                url = str(frames[0].get("url", "")) if frames else ""
+                args = params.get("args", [])
+                errors.append((url, " ".join(str(arg.get("value", "")) for arg in args)))
         return errors
 
 
@@ -194,7 +199,10 @@ class Chromium:
         ]
         with log_path.open("wb") as output:
             self._process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         log.info("Started Chromium as pid %d (log: %s)", self._process.pid, log_path)
@@ -246,7 +254,7 @@ class Chromium:
         process = self._process
         if process is None:
             return
-        # Chromium runs in a session of its own, so its process group holds its helpers.
+        # Chromium runs in a session of its own, so its process group contains its helpers.
         _signal_group(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + 10.0
         while _group_alive(process.pid) and time.monotonic() < deadline:
@@ -257,7 +265,7 @@ class Chromium:
             _signal_group(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
 
-    def __enter__(self) -> Chromium:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -6,7 +6,7 @@
 /** The API's root: the page is served at <base>bistro/ui/, the API at <base>bistro/api/v1/. */
 Bistro.apiRoot = new URL("../api/v1/", window.location.href);
 
-/** What an action needs, per kind, as the API checks it; shown after a 403. */
+/** Permission hints per kind of action, as the API checks them, shown after a 403. */
 Bistro.PERMISSION_HINTS = {
   tasks: "Killing tasks and forgiving jobs needs permission to edit task instances (role User or above with Airflow's simple auth manager).",
   capacity: "Capacity changes need permission to edit pools (role Op or above with Airflow's simple auth manager).",
@@ -54,7 +54,7 @@ Bistro.request = async function request(method, path, options) {
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (error) {
-    throw new ApiError(method, url.pathname, 0, `the server did not answer (${error.message})`);
+    throw new ApiError(method, url.pathname, 0, `the server did not respond (${error.message})`);
   }
   const text = await response.text();
   let data = null;

@@ -230,8 +230,17 @@ function wireControls() {
   window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", applyTheme);
 }
 
+/** Keep --topbar-height current, so the details panel starts below the sticky top bar. */
+function trackTopbarHeight() {
+  const topbar = document.querySelector(".topbar");
+  const update = () => document.documentElement.style.setProperty("--topbar-height", `${topbar.offsetHeight}px`);
+  new ResizeObserver(update).observe(topbar);
+  update();
+}
+
 applyTheme();
 followAirflowTheme();
+trackTopbarHeight();
 wireFilters();
 wireTaskSections();
 wireControls();

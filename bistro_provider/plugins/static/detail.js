@@ -65,6 +65,7 @@ function waitersOf(level, name) {
 Bistro.renderDetail = function renderDetail() {
   const state = Bistro.state;
   const panel = document.getElementById("detail");
+  document.body.classList.toggle("detail-open", Boolean(state.selected));
   if (!state.selected) {
     panel.hidden = true;
     return;
@@ -76,14 +77,14 @@ Bistro.renderDetail = function renderDetail() {
   const inputs = [state.selected, state.selectedNode, state.selectedMissing, holders, waiters, state.forbidden, state.confirming, state.levels];
   Bistro.renderIfChanged("detail", inputs, () => {
     const body = document.getElementById("detail-body");
-    const kept = keepInputs(body);
+    const saved = saveInputs(body);
     Bistro.replaceChildren(body, detailContent(level, name, holders, waiters));
-    restoreInputs(body, kept);
+    restoreInputs(body, saved);
   });
 };
 
 /** Typed amounts and focus survive a refresh of the panel. */
-function keepInputs(body) {
+function saveInputs(body) {
   const values = {};
   for (const input of body.querySelectorAll("input[data-resource]")) {
     if (input.value !== input.defaultValue) values[input.dataset.resource] = input.value;
@@ -93,11 +94,11 @@ function keepInputs(body) {
   return { values, focused };
 }
 
-function restoreInputs(body, kept) {
+function restoreInputs(body, saved) {
   for (const input of body.querySelectorAll("input[data-resource]")) {
     const resource = input.dataset.resource;
-    if (resource in kept.values) input.value = kept.values[resource];
-    if (resource === kept.focused) input.focus();
+    if (resource in saved.values) input.value = saved.values[resource];
+    if (resource === saved.focused) input.focus();
   }
 }
 
@@ -116,7 +117,7 @@ function detailContent(level, name, holders, waiters) {
     Bistro.h("div", { class: "detail-path" }, Bistro.pathElement(node.path, pathSelector(level, node))),
     node.tags.length ? [Bistro.h("h4", null, "Tags"), node.tags.map((tag) => Bistro.h("span", { class: "tag" }, tag))] : null,
     Bistro.h("h4", null, "Resources"),
-    resourcesTable(level, node),
+    resourcesBlock(level, node),
     Bistro.h("h4", null, `Holders (${holders.length})`),
     holders.length ? Bistro.h("ul", { class: "holders" }, holders.map(holderItem)) : Bistro.h("p", { class: "muted" }, "No running task holds resources here."),
     Bistro.h("h4", null, `Waiters (${waiters.length})`),
@@ -131,18 +132,21 @@ function pathSelector(level, node) {
   return (index, name) => Bistro.selectNode(levels[index], name, null);
 }
 
-function resourcesTable(level, node) {
+function resourcesBlock(level, node) {
   const names = Object.keys(node.capacity);
   if (!names.length) return Bistro.h("p", { class: "muted" }, "This level defines no resources.");
-  const header = Bistro.h("tr", null, ["Resource", "Usage", "Free", "Live limit"].map((title) => Bistro.h("th", null, title)));
-  const rows = names.map((resource) => resourceRow(level, node, resource));
   const clearAll = Object.keys(node.overrides).length
-    ? Bistro.h("button", { type: "button", ...Bistro.actionAttrs("capacity"), onclick: () => Bistro.clearCapacity(level, node.name, null) }, "Clear all live limits")
+    ? Bistro.h("button", { type: "button", class: "clear-all-capacity", ...Bistro.actionAttrs("capacity"), onclick: () => Bistro.clearCapacity(level, node.name, null) }, "Clear all live limits")
     : null;
-  return [Bistro.h("table", { class: "resources-table" }, Bistro.h("thead", null, header), Bistro.h("tbody", null, rows)), clearAll];
+  return Bistro.h("div", { class: "resources-block" }, names.map((resource) => resourceEditor(level, node, resource)), clearAll);
 }
 
-function resourceRow(level, node, resource) {
+function freeText(available) {
+  return available < 0 ? `${-available} over the limit` : `${available} free`;
+}
+
+/** Build a resource's usage bar and a form that sets or clears its live limit. */
+function resourceEditor(level, node, resource) {
   const limit = node.capacity[resource];
   const input = Bistro.h("input", { type: "number", min: "0", step: "1", value: String(limit), "aria-label": `New limit for ${resource}`, dataset: { resource } });
   const set = () => {
@@ -158,19 +162,18 @@ function resourceRow(level, node, resource) {
   });
   const overridden = resource in node.overrides;
   const attrs = Bistro.actionAttrs("capacity");
+  const origin = overridden ? `live limit ${node.overrides[resource]} set by an operator` : "limit from the config or node source";
   return Bistro.h(
-    "tr",
-    { dataset: { resource } },
-    Bistro.h("td", null, resource),
-    Bistro.h("td", null, Bistro.usageBar(node, resource)),
-    Bistro.h("td", { class: "num" }, String(node.available[resource])),
+    "div",
+    { class: "resource-edit", dataset: { resource } },
+    Bistro.usageBar(node, resource),
+    Bistro.h("div", { class: "muted" }, `${freeText(node.available[resource])} · ${origin}`),
     Bistro.h(
-      "td",
-      null,
-      input,
-      " ",
+      "div",
+      { class: "capacity-form" },
+      Bistro.h("label", { class: "inline" }, "New limit", input),
       Bistro.h("button", { type: "button", class: "set-capacity", ...attrs, onclick: set }, "Set"),
-      overridden ? [" ", Bistro.h("button", { type: "button", class: "clear-capacity", ...attrs, onclick: () => Bistro.clearCapacity(level, node.name, resource) }, "Clear")] : null,
+      overridden ? Bistro.h("button", { type: "button", class: "clear-capacity", ...attrs, onclick: () => Bistro.clearCapacity(level, node.name, resource) }, "Clear live limit") : null,
     ),
   );
 }

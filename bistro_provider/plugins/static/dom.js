@@ -21,14 +21,15 @@ Bistro.state = {
   selectedNode: null,
   selectedMissing: false,
   explanations: {}, // "job\u0000node" -> explain response or {error}
-  forbidden: { tasks: null, capacity: null }, // messages of 403 answers, per action kind
+  forbidden: { tasks: null, capacity: null }, // messages of 403 responses, per action kind
   confirming: null, // {key, until}: the button waiting for its second click
   runningPage: 0,
   waitingPage: 0,
   runningFilter: "",
   waitingFilter: "",
   refreshedAt: null,
-  tick: 0,
+  tick: 0, // refreshes so far; collapsed levels recount every COUNT_EVERY_TICKS of them
+  countsStale: false, // the filters changed, so every level count must be fetched again
 };
 
 /**
@@ -144,7 +145,7 @@ Bistro.pathElement = function pathElement(path, onSelect) {
 
 /**
  * A button that acts only on a second click within a few seconds. The sandboxed iframe
- * that Airflow puts the page in blocks window.confirm(), so the page asks in the button.
+ * that Airflow puts the page in blocks window.confirm(), so the button itself requests the second click.
  */
 Bistro.confirmButton = function confirmButton(key, label, confirmLabel, action, attrs) {
   const confirming = Bistro.state.confirming;

@@ -18,7 +18,7 @@ function decodeHistogramKey(key) {
 }
 
 /**
- * The category a node of a higher level is counted under in the per-level bars. A node's
+ * Return the category a node of a higher level is counted under in the per-level bars. A node's
  * bits are the OR of its tasks' bits, so the most pressing state wins, and a node counts
  * as done only when every task below it is done (or filtered or disabled).
  */

@@ -136,13 +136,15 @@ class StateSnapshot:
     def capacity(self, key: NodeKey) -> dict[str, int]:
         """Return a node's limits: the level's, then the node's own, then overrides.
 
-        A worker's own limits come from `worker_resources_override`. NOTE: limits that the
-        executor derives from a worker's detected cores and RAM are not published, so they
-        are missing here.
+        A worker's limits are the ones the executor published, which include detected
+        cores and RAM; a worker it has not published gets the config's limits.
         """
         if self.config is not None and key[0] == WORKER_LEVEL:
-            worker = WorkerInfo(name=key[1], host=key[1])
-            limits = worker_capacity(self.config.settings, worker)
+            published = self.published_workers().get(key[1])
+            if published is not None:
+                limits = {str(k): int(v) for k, v in (published.get("capacity") or {}).items()}
+            else:
+                limits = worker_capacity(self.config.settings, WorkerInfo(key[1], key[1]))
             limits.update(self.overrides.get(key, {}))
             return limits
         node_capacity = self._node_capacity(key)
@@ -151,6 +153,13 @@ class StateSnapshot:
             limits.update(self.overrides.get(key, {}))
             return limits
         return dict(level_capacity(self.config.settings, node_capacity, self.overrides)(key))
+
+    def published_workers(self) -> dict[str, dict[str, Any]]:
+        """Return the worker nodes the executor published, by name."""
+        document = self.published.get("workers")
+        if document is None or not isinstance(document.body, list):
+            return {}
+        return {str(item["name"]): item for item in document.body if isinstance(item, dict)}
 
     def _node_capacity(self, key: NodeKey) -> dict[NodeKey, dict[str, int]]:
         if self.fetched_forest is None:

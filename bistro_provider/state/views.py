@@ -65,6 +65,7 @@ def forest_view(
     if forest is not None:
         rows = [_node_row(state, forest.levels[node.level], node) for node in forest]
     rows += _orphan_rows(state)
+    rows += _worker_rows(state, {(row["level"], row["name"]) for row in rows})
     selected = [row for row in rows if _matches(row, level, query, tag, fill)]
     end = None if limit is None else offset + limit
     forest_doc = state.published.get("forest")
@@ -127,6 +128,27 @@ def _node_row(state: StateSnapshot, level: str, node: Node) -> dict[str, Any]:
         "in_forest": True,
         **_usage_fields(state, (level, node.name)),
     }
+
+
+def _worker_rows(state: StateSnapshot, known: set[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Rows for the worker nodes the executor published and no grant has shown yet."""
+    rows = []
+    for name in sorted(state.published_workers()):
+        if (WORKER_LEVEL, name) in known:
+            continue
+        rows.append(
+            {
+                "name": name,
+                "level": WORKER_LEVEL,
+                "parent": None,
+                "path": [name],
+                "enabled": True,
+                "tags": [],
+                "in_forest": False,
+                **_usage_fields(state, (WORKER_LEVEL, name)),
+            }
+        )
+    return rows
 
 
 def _orphan_rows(state: StateSnapshot) -> list[dict[str, Any]]:

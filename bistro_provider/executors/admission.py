@@ -156,6 +156,7 @@ class AdmissionController:
             if marker is None:
                 plain.append(workload)
                 continue
+            self._define_dag_job(marker)
             try:
                 task = self._resolve_one(workload, marker, session)
             except _NoNodeForMapIndex:
@@ -165,6 +166,12 @@ class AdmissionController:
                 self.waiting[key] = task
                 self._dirty = True
         return plain
+
+    def _define_dag_job(self, marker: dict[str, Any]) -> None:
+        """Tell the live config about a job that its DAG file defines (``job_config``)."""
+        definition = marker.get("job_config")
+        if isinstance(definition, dict) and self.live is not None:
+            self.live.define_job(str(marker["job"]), definition, str(marker.get("defined_in", "")))
 
     def mark_dirty(self) -> None:
         """Ask for a pass at the next opportunity: capacity was freed or changed."""
@@ -312,6 +319,11 @@ class AdmissionController:
             if job is None or not job.can_run:
                 task.reason = _job_problem(task.job, job)
                 continue
+            status = statuses.get((task.job, task.node))
+            if job.continuous and status is not None and status.kind == "done":
+                # Dropped (skipped) at the next state sync; never run a done node again.
+                task.reason = f"{task.job} is already done on {task.node}"
+                continue
             if not _dependencies_done(job, task.node, statuses, config):
                 task.reason = f"dependency not done: {', '.join(job.depends_on)}"
                 continue
@@ -397,6 +409,7 @@ class AdmissionController:
             "job": item.admission.job,
             "node": item.admission.node,
             "path": list(item.admission.path),
+            "levels": list(config.settings.levels) if config else [],
             "resources_by_node": {
                 name: dict(amounts) for (_level, name), amounts in item.admission.holdings.items()
             },
@@ -425,6 +438,8 @@ class AdmissionController:
         if not records:
             return []
         states = repository.ti_states(session, [record.ti_id for record in records])
+        live = [r.ti_id for r in records if states.get(r.ti_id) in ("queued", "running")]
+        self._define_dag_jobs_of(session, live)
         stale = []
         for record in records:
             state = states.get(record.ti_id)
@@ -449,6 +464,23 @@ class AdmissionController:
             len(stale),
         )
         return stale
+
+    def _define_dag_jobs_of(self, session: Session, ti_ids: list[str]) -> None:
+        """Learn the DAG-defined jobs of tasks that survived a restart from their markers.
+
+        Without this, a running task of such a job would look like an orphan of a deleted
+        job until a new task of the job is queued.
+        """
+        from airflow.models.taskinstance import TaskInstance
+
+        ids = repository.ti_uuids(ti_ids)
+        if not ids or self.live is None:
+            return
+        query = select(TaskInstance.executor_config).where(TaskInstance.id.in_(ids))
+        for executor_config in session.scalars(query):
+            marker = executor_config.get("bistro") if isinstance(executor_config, dict) else None
+            if isinstance(marker, dict) and marker.get("job"):
+                self._define_dag_job(marker)
 
     def release(self, ti_id: str) -> RunningTask | None:
         """Give back what a task holds when its try ended; return the task if it held any."""

@@ -19,15 +19,41 @@ def _option(description: str, type_: str, default: str | None, example: str | No
 
 CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
     "config_file": _option(
-        "Path of the Bistro config (JSON, or YAML with the same keys). The DAG file in dags/ "
-        "builds one DAG per job from it, and BistroExecutor admits tasks against it.",
+        "Path of the Bistro config (JSON, or YAML with the same keys), read when "
+        "[bistro] config_source is file. The DAG file in dags/ builds one DAG per job from it, "
+        "and BistroExecutor admits tasks against it.",
         "string",
         "",
         "/etc/bistro/bistro.json",
     ),
+    "config_source": _option(
+        "Where the Bistro config is read from: file ([bistro] config_file), variable (the "
+        "Airflow Variable named by [bistro] config_variable, holding the config as JSON), or "
+        "plugin:NAME (a callable registered under the entry point group "
+        "bistro_provider.config_sources that returns the config as text or a dict).",
+        "string",
+        "file",
+        "variable",
+    ),
+    "config_variable": _option(
+        "Name of the Airflow Variable that holds the Bistro config as JSON when "
+        "[bistro] config_source is variable.",
+        "string",
+        "bistro_config",
+        "bistro_config",
+    ),
+    "http_allowed_hosts": _option(
+        "Comma-separated host names or IP addresses, besides 127.0.0.1, that "
+        "BistroHttpOperator may send requests to. Any other host is rejected before a "
+        "connection is opened.",
+        "string",
+        "",
+        "tasks.internal.example,10.0.0.5",
+    ),
     "config_update_interval": _option(
-        "Seconds between checks of the config file's modification time; a changed file is "
-        "re-read, and a broken one keeps the last good config in use.",
+        "Seconds between checks of the config source: the file's modification time, or the "
+        "content of a Variable or plugin source. A changed config is re-read, and a broken one "
+        "keeps the last good config in use.",
         "float",
         "10",
         "30",

@@ -16,6 +16,9 @@ class BistroOptions:
     """Values of the `[bistro]` section."""
 
     config_file: str = ""
+    config_source: str = "file"
+    config_variable: str = "bistro_config"
+    http_allowed_hosts: str = ""
     config_update_interval: float = 10.0
     nodes_update_interval: float = 60.0
     nodes_retry_interval: float = 15.0
@@ -49,6 +52,9 @@ class BistroOptions:
 
         return cls(
             config_file=get_str("config_file", cls.config_file),
+            config_source=get_str("config_source", cls.config_source),
+            config_variable=get_str("config_variable", cls.config_variable),
+            http_allowed_hosts=get_str("http_allowed_hosts", cls.http_allowed_hosts),
             config_update_interval=get_float("config_update_interval", cls.config_update_interval),
             nodes_update_interval=get_float("nodes_update_interval", cls.nodes_update_interval),
             nodes_retry_interval=get_float("nodes_retry_interval", cls.nodes_retry_interval),

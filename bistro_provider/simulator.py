@@ -2,11 +2,11 @@
 
 Nothing sleeps and nothing runs: every task of every runnable job gets a duration drawn
 from a distribution, and the simulation jumps from one task end to the next. After each
-batch of events at one instant it asks the admission core which tasks start, with one of
-three engines:
+batch of events at one instant, one of three engines decides which tasks start:
 
 * ``incremental``: `IncrementalAdmitter.admit_affected`, which re-examines only the groups
-  under the nodes a finished task freed (Bistro's paper calls this tree-based scheduling);
+  under the nodes a finished task freed, like the tree-based scheduler of the Bistro paper
+  (USENIX ATC 2015);
 * ``full``: `IncrementalAdmitter.admit_all`, every job over every candidate;
 * ``reference``: `plan_jobs` + `admit_pass`, the brute-force pass (slow at scale).
 
@@ -64,16 +64,17 @@ _END, _RESTORE, _REMOVE = 0, 1, 2
 
 @dataclass(frozen=True)
 class SimulationOptions:
-    """What to simulate.
+    """Parameters of one simulation run.
 
     :param duration_mean: the mean task duration d, in simulated seconds.
     :param distribution: ``uniform`` over [0, 2d], ``fixed`` d, or ``exponential`` with
         mean d.
     :param churn: the fraction of level-1 nodes removed per simulated hour (Poisson).
     :param sample_interval: simulated seconds between throughput samples; d / 2 if None.
-    :param charge_pass_time: advance the simulated clock by the wall time the scheduler
+    :param charge_pass_time: advance the simulated clock by the CPU time the scheduler
         spends on each batch of events and its pass, so a slow pass delays the tasks it
-        starts and the events that arrive meanwhile. Results then depend on the machine.
+        starts and the events that arrive meanwhile. CPU time leaves out other processes'
+        load, but the results still depend on the machine.
     """
 
     duration_mean: float = 300.0
@@ -99,7 +100,7 @@ class SimulationOptions:
 
 @dataclass
 class SimulationReport:
-    """The outcome of one run; times are simulated seconds unless named `_wall`."""
+    """The outcome of one run; times are simulated seconds unless named `_wall` or `_cpu`."""
 
     mode: str
     nodes: int
@@ -115,6 +116,9 @@ class SimulationReport:
     pass_seconds_median_wall: float
     pass_seconds_p95_wall: float
     pass_seconds_max_wall: float
+    pass_seconds_median_cpu: float
+    pass_seconds_p95_cpu: float
+    pass_seconds_max_cpu: float
     churn_removals: int
     build_seconds_wall: float
     run_seconds_wall: float
@@ -272,24 +276,26 @@ class _Simulation:
         self.bound = ConcurrencyBound(config, self.forest)
         self.engine = _Engine(config, self.forest, options.mode, random.Random(options.seed + 2))
         self.build_seconds = time.perf_counter() - started
+
         self.jobs = [job for job in config.jobs.values() if job.can_run]
         self.task_level = {job.name: _task_level(config, job) for job in self.jobs}
         self.filters = {
             job.name: PathEligibility(job, config.settings.levels, check_enabled=False)
             for job in self.jobs
         }
-        self.dependents: dict[str, list[Job]] = {}
-        for job in self.jobs:
-            for dependency in job.depends_on:
-                self.dependents.setdefault(dependency, []).append(job)
+        self.dependents = _dependent_jobs(self.jobs)
+
         self.statuses: dict[TaskKey, TaskStatus] = {}
         self.running: dict[TaskKey, str] = {}
+        """Running tasks and the name of the level-1 node above each."""
         self.running_under: dict[str, int] = {}
         self.removed: set[str] = set()
         self.events: list[tuple[float, int, int, Any]] = []
         self.sequence = 0
         self.pending_restores = 0
+
         self.pass_seconds: list[float] = []
+        self.pass_cpu_seconds: list[float] = []
         self.ratios: list[tuple[float, float]] = []
         self.completed = 0
         self.next_sample = 0.0
@@ -338,15 +344,17 @@ class _Simulation:
         :return: when the scheduler is free again: `now`, plus the wall time of the step
             when `charge_pass_time` is set.
         """
-        clock = time.perf_counter()
+        step_cpu = time.process_time()
         while self.events and self.events[0][0] <= now:
             _at, _seq, kind, payload = heapq.heappop(self.events)
             self._handle(kind, payload, now)
-        pass_clock = time.perf_counter()
+        pass_wall, pass_cpu = time.perf_counter(), time.process_time()
         started = self.engine.admit(self.statuses, self.running, now, first)
-        finished = time.perf_counter()
-        self.pass_seconds.append(finished - pass_clock)
-        start_at = now + (finished - clock if self.options.charge_pass_time else 0.0)
+        finished_cpu = time.process_time()
+        self.pass_seconds.append(time.perf_counter() - pass_wall)
+        self.pass_cpu_seconds.append(finished_cpu - pass_cpu)
+        charged = finished_cpu - step_cpu if self.options.charge_pass_time else 0.0
+        start_at = now + charged
         # Until start_at the new tasks are not running yet.
         self._sample_until(start_at)
         for admission in started:
@@ -428,6 +436,7 @@ class _Simulation:
             middle = self.last_end / 2
             midpoint = min(self.ratios, key=lambda sample: abs(sample[0] - middle))[1]
         passes = sorted(self.pass_seconds)
+        passes_cpu = sorted(self.pass_cpu_seconds)
         return SimulationReport(
             mode=self.options.mode,
             nodes=len(self.forest),
@@ -441,13 +450,29 @@ class _Simulation:
             samples=len(ratios),
             passes=len(passes),
             pass_seconds_median_wall=statistics.median(passes),
-            pass_seconds_p95_wall=passes[min(len(passes) - 1, int(0.95 * len(passes)))],
+            pass_seconds_p95_wall=_p95(passes),
             pass_seconds_max_wall=passes[-1],
+            pass_seconds_median_cpu=statistics.median(passes_cpu),
+            pass_seconds_p95_cpu=_p95(passes_cpu),
+            pass_seconds_max_cpu=passes_cpu[-1],
             churn_removals=self.removals,
             build_seconds_wall=self.build_seconds,
             run_seconds_wall=run_seconds,
             ratios=self.ratios,
         )
+
+
+def _p95(ordered: list[float]) -> float:
+    return ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
+def _dependent_jobs(jobs: list[Job]) -> dict[str, list[Job]]:
+    """Return, per job name, the jobs that list it in `depends_on`."""
+    dependents: dict[str, list[Job]] = {}
+    for job in jobs:
+        for dependency in job.depends_on:
+            dependents.setdefault(dependency, []).append(job)
+    return dependents
 
 
 def _task_level(config: Config, job: Job) -> int:

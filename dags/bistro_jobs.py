@@ -1,4 +1,5 @@
-"""One Airflow DAG per job of the Bistro config named by `[bistro] config_file`.
+"""One Airflow DAG per job of the configured Bistro config (`[bistro] config_source`, by
+default the file `[bistro] config_file`).
 
 A Bistro config runs unchanged: each ``bistro_job->NAME`` becomes the DAG
 ``bistro_NAME`` (the prefix is `[bistro] dag_id_prefix`).

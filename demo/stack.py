@@ -104,6 +104,9 @@ class AirflowStack:
         self.airflow = Path(sys.executable).parent / "airflow"
         self.listening: list[tuple[str, int]] | None = None
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._commands: dict[str, list[str]] = {}
+        self._retired_groups: set[int] = set()
+        """Process groups of replaced services; their workers may still run and stop() ends them."""
         self._log_files: dict[str, Path] = {}
         self._token: str | None = None
         self._stopped = False
@@ -208,15 +211,28 @@ class AirflowStack:
                 f"{tail(log_path)}"
             )
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        append: bool = False,
+        env_extra: dict[str, str] | None = None,
+    ) -> None:
         log_path = self.log_dir / f"{name}.log"
         self._log_files[name] = log_path
-        with log_path.open("wb") as output:
+        self._commands[name] = list(argv)
+        env = {**self.environment(), **(env_extra or {})}
+        if not append:
+            log_path.write_bytes(b"")
+        # O_APPEND: workers of a killed service keep the file open at their own offset, and
+        # without it they would overwrite what its replacement writes.
+        with log_path.open("ab") as output:
             # A session of its own lets stop() signal the service and all its workers, and
             # keeps a terminal's Ctrl-C from reaching them before stop() runs.
             process = subprocess.Popen(
                 [str(self.airflow), *argv],
-                env=self.environment(),
+                env=env,
                 cwd=self.home,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
@@ -265,12 +281,69 @@ class AirflowStack:
 
     def pids(self) -> list[int]:
         """Return the live pids of every started service and of everything they started."""
-        return session_members({process.pid for process in self._processes.values()})
+        return session_members(self._groups())
+
+    def _groups(self) -> set[int]:
+        return {process.pid for process in self._processes.values()} | self._retired_groups
+
+    def service_pid(self, name: str) -> int:
+        """Return the pid of service ``name``'s main process (it may have exited)."""
+        return self._processes[name].pid
+
+    def kill(self, name: str, signum: signal.Signals = signal.SIGKILL) -> int:
+        """Send ``signum`` to the main process of service ``name`` only and return its pid.
+
+        Processes the service started (LocalExecutor workers, task supervisors) are not
+        signalled, as when the kernel's OOM killer picks the scheduler. They keep running
+        until they exit or `stop` ends them.
+        """
+        process = self._processes[name]
+        signal_pid(process.pid, signum)
+        log.info("Sent %s to airflow %s (pid %d)", signum.name, name, process.pid)
+        return process.pid
+
+    def restart(
+        self,
+        name: str,
+        *,
+        env_extra: dict[str, str] | None = None,
+        timeout: float = STOP_GRACE_SECONDS,
+    ) -> None:
+        """Start service ``name`` again with its first command, appending to its log.
+
+        A service that still runs gets SIGTERM on its process group first, then SIGKILL
+        after ``timeout`` seconds. The api-server is waited for until it is healthy again.
+
+        :param env_extra: variables that override the stack's environment for the new
+            process only, for example a changed Airflow setting.
+
+        :raises StackError: when the old process does not exit, or the api-server does not
+            become healthy within the startup timeout.
+        """
+        process = self._processes[name]
+        if process.poll() is None:
+            self._stop_one(name, process, timeout)
+        self._retired_groups.add(process.pid)
+        self._spawn(name, self._commands[name], append=True, env_extra=env_extra)
+        if name == "api-server":
+            self._wait_healthy()
 
     def logs_tail(self, lines: int = 40) -> str:
         """Return the last ``lines`` lines of every log this stack wrote."""
         parts = [f"--- {path} ---\n{tail(path, lines)}" for path in self._log_files.values()]
         return "\n".join(parts)
+
+    def _stop_one(self, name: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+        signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+            return
+        except subprocess.TimeoutExpired:
+            signal_group(process.pid, signal.SIGKILL)
+        try:
+            process.wait(10.0)
+        except subprocess.TimeoutExpired as exc:
+            raise StackError(f"airflow {name} (pid {process.pid}) survived SIGKILL") from exc
 
     def stop(self) -> list[int]:
         """Stop every process with SIGTERM, then SIGKILL after 20 s. Safe to call repeatedly.
@@ -280,7 +353,7 @@ class AirflowStack:
         if self._stopped:
             return self.pids()
         self._stopped = True
-        groups = {process.pid for process in self._processes.values()}
+        groups = self._groups()
         for pgid in groups:
             signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS

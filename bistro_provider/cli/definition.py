@@ -117,6 +117,43 @@ CAPACITY_COMMANDS = (
     ),
 )
 
+ARG_JOB_FILE = Arg(
+    ("--file",),
+    help="File with the job's config object (JSON, or YAML for .yaml/.yml), as under "
+    "bistro_job->NAME",
+    required=True,
+)
+ARG_EXPECTED_VERSION = Arg(
+    ("--expected-version",),
+    help="The job's version_id when you read it ('airflow bistro jobs --json' shows it); "
+    "0 for a new job. A different current version fails the command",
+    type=int,
+    required=True,
+)
+JOB_EDIT_NOTE = (
+    "Writes to [bistro] config_source: the config file (atomically, keeping the other keys) "
+    "or the Airflow Variable; a plugin source is read-only. The executor applies the change "
+    "at its next config check. Audited as cli:<OS user>."
+)
+
+JOB_COMMANDS = (
+    ActionCommand(
+        name="save",
+        help="Create or replace a job in the config; its version_id goes up by one",
+        description=f"{JOB_EDIT_NOTE} {EXIT_CODES} A stale --expected-version is an error "
+        "that names both versions.",
+        func=lazy_load_command(STATE + "job_save"),
+        args=(ARG_JOB, ARG_JOB_FILE, ARG_EXPECTED_VERSION, ARG_STATE_JSON),
+    ),
+    ActionCommand(
+        name="delete",
+        help="Delete a job from the config if it is still at the expected version",
+        description=f"{JOB_EDIT_NOTE} Its running tasks become orphans. {EXIT_CODES}",
+        func=lazy_load_command(STATE + "job_delete"),
+        args=(ARG_JOB, ARG_EXPECTED_VERSION, ARG_STATE_JSON),
+    ),
+)
+
 STATE_COMMANDS = (
     ActionCommand(
         name="forest",
@@ -175,6 +212,11 @@ STATE_COMMANDS = (
         name="capacity",
         help="Set or clear live per-node limits",
         subcommands=CAPACITY_COMMANDS,
+    ),
+    GroupCommand(
+        name="job",
+        help="Save or delete a job in the config, checked by its version",
+        subcommands=JOB_COMMANDS,
     ),
     ActionCommand(
         name="import-config",

@@ -52,7 +52,7 @@ ARG_FULL_PASS = Arg(
 )
 ARG_CHARGE_PASS_TIME = Arg(
     ("--charge-pass-time",),
-    help="Advance the simulated clock by the wall time of each scheduling step, so slow "
+    help="Advance the simulated clock by the CPU time of each scheduling step, so slow "
     "passes delay starts (results then depend on this machine)",
     action="store_true",
 )

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
 from pydantic import BaseModel
 
 from bistro_provider.core.config import load_config
@@ -268,6 +269,40 @@ def capacity_clear(args: Any) -> None:
         return [f"{data['level']} {data['node']}: cleared overrides {_amounts(data['cleared'])}"]
 
     _print(args, schemas.ClearCapacityResponse, data, text)
+
+
+def job_save(args: Any) -> None:
+    body = _read_job_file(Path(args.file))
+    with _state() as state:
+        data = state.save_job(_user(), args.job, body, args.expected_version)
+    _print(args, schemas.JobEditResponse, data, lambda: [_job_edit_line(data)])
+
+
+def job_delete(args: Any) -> None:
+    with _state() as state:
+        data = state.delete_job(_user(), args.job, args.expected_version)
+    _print(args, schemas.JobEditResponse, data, lambda: [_job_edit_line(data)])
+
+
+def _read_job_file(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        _fail(f"cannot read the job file {path}: {exc.strerror or exc}")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        _fail(f"the job file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}")
+
+
+def _job_edit_line(data: dict[str, Any]) -> str:
+    if data["action"] == "deleted":
+        change = f"deleted (was version {data['previous_version']})"
+    else:
+        change = f"{data['action']}: version {data['previous_version']} -> {data['version_id']}"
+    return f"Job {data['job']} {change} in {data['config_source']}"
 
 
 # -- import-config -------------------------------------------------------------------------

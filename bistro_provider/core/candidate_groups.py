@@ -1,7 +1,7 @@
 """One job's candidates on a task level, kept in groups by position for incremental passes.
 
 A candidate is pending when its status allows a start, its dependencies are done and the
-job's filters accept its path; `JobState` stores it in one of four places:
+job's filters accept its path. `JobState` stores it in one of four places:
 
 * ``groups[g]``, ascending positions, when its group node and its task node are enabled;
 * ``parked_groups[g]``, when the group node or an ancestor is disabled;

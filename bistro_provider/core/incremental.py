@@ -54,7 +54,7 @@ from bistro_provider.core.scheduler import (
 log = logging.getLogger(__name__)
 
 _NO_CANDIDATE = -1
-"""What `_Scan.pop` returns when every remaining group turned out to be full."""
+"""The position `_Scan.pop` returns when every remaining group turned out to be full."""
 
 Scope = dict[int, set[int] | None]
 """Groups to scan per task level; None scans every group of the level."""
@@ -67,8 +67,8 @@ def _accept_all(job: Job, candidate: Candidate, node: Node, needs: Holdings) -> 
 class _Scan:
     """One job's candidates for one pass, popped from the highest position down.
 
-    It stands in for the candidate list of `JobCandidates`, and `run_policy` only uses
-    `pop`, `len` and truth value. A pop first drops each group whose node path lacks room
+    It replaces the candidate list of `JobCandidates`, because `run_policy` only uses
+    `pop`, `len` and the truth value. A pop first drops each group whose node path lacks room
     for the job: every remaining candidate of that group would fail the check.
     """
 

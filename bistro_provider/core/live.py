@@ -1,22 +1,29 @@
 """The config and node graph a long-running process admits against, kept fresh.
 
-The config file is re-read when its modification time changes, at most every
-`config_update_interval` seconds. Nodes are fetched every `nodes_update_interval` seconds
-(sooner, after `nodes_retry_interval`, when the last fetch failed), in a background thread
-so that slow node-source scripts never stall the caller. A config that fails to load, or a
-fetch that fails, keeps the last good one in use and records the error.
+The config source is checked at most every `config_update_interval` seconds: a file when
+its modification time changes, a Variable or plugin source when its content's digest
+changes (see `bistro_provider.core.config_sources`). Nodes are fetched every
+`nodes_update_interval` seconds (sooner, after `nodes_retry_interval`, when the last fetch
+failed), in a background thread so that slow node-source scripts never stall the caller. A
+config that fails to load, or a fetch that fails, keeps the last good one in use and
+records the error.
+
+Jobs that DAG files define (``bistro_job_dag(job_config=...)``) are added with `define_job`
+and kept next to the config's jobs after every reload.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
-from bistro_provider.core.config import load_config
+from bistro_provider.core.config import parse_job_definition
+from bistro_provider.core.config_sources import ConfigSource, FileConfigSource
 from bistro_provider.core.errors import ConfigError
 from bistro_provider.core.forest import Forest
 from bistro_provider.core.model import Config, Settings
@@ -40,20 +47,22 @@ class RefreshIntervals:
 class LiveForest:
     """The last good config and forest, refreshed on `poll()`.
 
-    :param config_path: the Bistro config file (JSON or YAML).
+    :param config_path: the Bistro config file (JSON or YAML), or any `ConfigSource`.
     :param background: fetch nodes in a thread; False fetches inline (tests, CLI).
     """
 
     def __init__(
         self,
-        config_path: str,
+        config_path: str | ConfigSource,
         intervals: RefreshIntervals | None = None,
         *,
         background: bool = True,
         clock: Callable[[], float] = time.time,
         fetch: Callable[..., Forest] = fetch_forest,
     ):
-        self.config_path = config_path
+        self.source = FileConfigSource(config_path) if isinstance(config_path, str) else config_path
+        self.config_path = self.source.location
+        """The source's location: a file path, ``variable:NAME`` or ``plugin:NAME``."""
         self.intervals = intervals or RefreshIntervals()
         self.background = background
         self.clock = clock
@@ -63,7 +72,11 @@ class LiveForest:
         self.forest: Forest | None = None
         self.nodes_error: str | None = None
         self.forest_time: float | None = None
-        self._config_mtime: float | None = None
+        self._config_token: str | None = None
+        self._loaded: Config | None = None
+        """The config as the source has it, without the jobs of DAG files."""
+        self._dag_jobs: dict[str, tuple[str, dict[str, Any], str]] = {}
+        self._clashes: set[str] = set()
         self._next_config_check = 0.0
         self._next_fetch = 0.0
         self._fetching: threading.Thread | None = None
@@ -94,23 +107,60 @@ class LiveForest:
         if thread is not None:
             thread.join(timeout)
 
+    def define_job(self, name: str, definition: dict[str, Any], origin: str) -> None:
+        """Add or replace a job that a DAG file defines, checked against the current settings.
+
+        A config job of the same name wins over it, and the clash is logged once.
+
+        :param origin: the DAG file that defines the job, for messages.
+        """
+        key = json.dumps(definition, sort_keys=True, default=str)
+        if name in self._dag_jobs and self._dag_jobs[name][0] == key:
+            return
+        self._dag_jobs[name] = (key, dict(definition), origin)
+        log.info("Job %s is defined by the DAG file %s", name, origin or "(unknown)")
+        if self._loaded is not None:
+            self.config = self._with_dag_jobs(self._loaded)
+
+    def _with_dag_jobs(self, config: Config) -> Config:
+        if not self._dag_jobs:
+            return config
+        jobs = dict(config.jobs)
+        for name, (_key, definition, origin) in self._dag_jobs.items():
+            if name in config.jobs:
+                if name not in self._clashes:
+                    log.error(
+                        "Job %s is defined both in the DAG file %s and in the config %s; the "
+                        "config's definition is used. Rename or remove one of them",
+                        name,
+                        origin or "(unknown)",
+                        self.config_path,
+                    )
+                    self._clashes.add(name)
+                continue
+            job, _warnings = parse_job_definition(config, name, definition)
+            jobs[name] = job
+        return replace(config, jobs=jobs)
+
     def _reload_config(self, *, force: bool) -> None:
         try:
-            mtime = os.stat(self.config_path).st_mtime
-        except OSError as exc:
-            self._record_config_error(f"cannot read config file {self.config_path!r}: {exc}")
-            return
-        if not force and mtime == self._config_mtime and self.config is not None:
-            return
-        try:
-            config = load_config(self.config_path)
-        except (ConfigError, OSError, ValueError) as exc:
-            self._config_mtime = mtime
+            token = self.source.check()
+        except ConfigError as exc:
             self._record_config_error(str(exc))
             return
+        if not force and token == self._config_token and self.config is not None:
+            return
+        try:
+            loaded = self.source.load()
+        except (ConfigError, OSError, ValueError) as exc:
+            self._config_token = token
+            self._record_config_error(str(exc))
+            return
+        config = self._with_dag_jobs(loaded)
         changed_settings = self.config is None or config.settings != self.config.settings
+        self._loaded = loaded
         self.config = config
-        self._config_mtime = mtime
+        self._config_token = token
         if self.config_error:
             log.info("Bistro config %s is valid again", self.config_path)
         self.config_error = None

@@ -111,6 +111,9 @@ class Job:
     """Set by ``airflow.continuous``: the job's DAG runs again whenever its nodes change."""
     poll_interval: float = 60.0
     """Seconds between node-graph checks of a continuous job (``airflow.poll_interval``)."""
+    task_timeout_sec: float | None = None
+    """Seconds after which a task's command is killed (``airflow.task_timeout_sec``); None
+    lets it run until it exits."""
     errors: tuple[ConfigIssue, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict)
 

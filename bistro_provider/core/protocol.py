@@ -8,16 +8,24 @@ code is ignored.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
+import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 MAX_STATUS_BYTES = 1 << 20
 """The status pipe is read up to this size; the rest is drained and dropped."""
+WATCH_INTERVAL = 1.0
+"""Seconds between two `keep_running` checks of a running command."""
+_PR_SET_PDEATHSIG = 1
+"""prctl option from <linux/prctl.h>: the signal a process gets when its parent dies."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,8 @@ class CommandResult:
     returncode: int | None
     timed_out: bool = False
     status_truncated: bool = False
+    abandoned: bool = False
+    """The command was killed because `keep_running` returned False."""
 
 
 def task_argument(
@@ -73,12 +83,20 @@ def run_task_command(
     env: dict[str, str] | None = None,
     timeout: float | None = None,
     on_output: Callable[[str], None] = print,
+    on_start: Callable[[int], None] | None = None,
+    keep_running: Callable[[], bool] | None = None,
+    die_with_parent: bool = False,
 ) -> CommandResult:
     """Run one task with Bistro's protocol and return its status text and exit code.
 
-    stdout and stderr are merged and passed line by line to `on_output`. On timeout the
-    process group is killed and `timed_out` is set.
+    stdout and stderr are merged and passed line by line to `on_output`. The command runs
+    in a session of its own, so its process group can be killed as a whole: after `timeout`
+    seconds (`timed_out` is set), or as soon as `keep_running` returns False (checked every
+    `WATCH_INTERVAL` seconds; `abandoned` is set).
 
+    :param on_start: called with the command's pid, which is also its process group id.
+    :param die_with_parent: ask Linux to SIGKILL the command when the thread that started
+        it dies, so a killed task process cannot leave its command holding resources.
     :raises FileNotFoundError: if the command's program does not exist.
     :raises PermissionError: if it is not executable.
     """
@@ -99,46 +117,87 @@ def run_task_command(
             stderr=subprocess.STDOUT,
             pass_fds=(write_fd,),
             start_new_session=True,
+            preexec_fn=_parent_death_signal() if die_with_parent else None,
         )
     except BaseException:
         os.close(read_fd)
         raise
     finally:
         os.close(write_fd)
+    if on_start is not None:
+        on_start(process.pid)
     reader.start()
-    timed_out = _stream_output(process, on_output, timeout)
+    watchdog = _Watchdog(process.pid, timeout, keep_running)
+    _stream_output(process, on_output, watchdog)
     reader.join()
     return CommandResult(
         status_text=bytes(status).decode("utf-8", errors="replace"),
         returncode=process.returncode,
-        timed_out=timed_out,
+        timed_out=watchdog.reason == "timeout",
         status_truncated=truncated[0],
+        abandoned=watchdog.reason == "abandoned",
     )
 
 
+def _parent_death_signal() -> Callable[[], None] | None:
+    """Return a pre-exec hook that sets PR_SET_PDEATHSIG to SIGKILL, or None off Linux."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+    def set_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    return set_signal
+
+
+class _Watchdog(threading.Thread):
+    """Kills a command's process group at its deadline or once `keep_running` says so."""
+
+    def __init__(
+        self, pgid: int, timeout: float | None, keep_running: Callable[[], bool] | None
+    ) -> None:
+        super().__init__(name=f"bistro-watchdog-{pgid}", daemon=True)
+        self.pgid = pgid
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.keep_running = keep_running
+        self.finished = threading.Event()
+        self.reason: str | None = None
+
+    def run(self) -> None:
+        while True:
+            wait = WATCH_INTERVAL
+            if self.deadline is not None:
+                wait = min(wait, max(self.deadline - time.monotonic(), 0.0))
+            if self.finished.wait(wait):
+                return
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                self._kill("timeout")
+                return
+            if self.keep_running is not None and not self.keep_running():
+                self._kill("abandoned")
+                return
+
+    def _kill(self, reason: str) -> None:
+        self.reason = reason
+        try:
+            os.killpg(self.pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def _stream_output(
-    process: subprocess.Popen[bytes], on_output: Callable[[str], None], timeout: float | None
-) -> bool:
-    """Forward the process output until it exits; kill its group after `timeout` seconds."""
+    process: subprocess.Popen[bytes], on_output: Callable[[str], None], watchdog: _Watchdog
+) -> None:
+    """Forward the process output until it exits, while `watchdog` may kill its group."""
     assert process.stdout is not None
-    timer: threading.Timer | None = None
-    timed_out = [False]
-    if timeout is not None:
-
-        def kill() -> None:
-            timed_out[0] = True
-            try:
-                os.killpg(process.pid, 9)
-            except ProcessLookupError:
-                pass
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
+    if watchdog.deadline is not None or watchdog.keep_running is not None:
+        watchdog.start()
     try:
         for raw in process.stdout:
             on_output(raw.decode("utf-8", errors="replace").rstrip("\n"))
         process.wait()
     finally:
-        if timer is not None:
-            timer.cancel()
-    return timed_out[0]
+        watchdog.finished.set()

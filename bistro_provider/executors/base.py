@@ -86,6 +86,8 @@ class BistroAdmissionMixin:
         self._next_sync = 0.0
         self.publisher = StatePublisher(self.admission)
         self.orphans = OrphanTracker()
+        self._vanished: set[str] = set()
+        """Foreign grant holders whose task instance row was missing at the last check."""
 
     # -- capacity reported to the scheduler -----------------------------------------------
 
@@ -354,6 +356,7 @@ class BistroAdmissionMixin:
             return
         states = repository.ti_states(session, foreign)
         gone = [h for h in foreign if states.get(h) not in RUNNING_STATES]
+        gone = self._after_one_more_check(gone, states)
         if not gone:
             return
         # The scheduler that admitted these tasks is gone, so no executor saw them end:
@@ -365,6 +368,19 @@ class BistroAdmissionMixin:
         repository.delete_grants(session, gone)
         session.commit()
         log.info("Released %d grants of tasks that are no longer running", len(gone))
+
+    def _after_one_more_check(self, gone: list[str], states: dict[str, Any]) -> list[str]:
+        """Hold grants of vanished task instances until the next grant check.
+
+        A task instance row disappears when a new scheduler resets the tasks of a dead one
+        (the retry gets a new id). Its old process may still run until its next heartbeat
+        is refused, so the grant stays for one more `grant_check_interval`. A grant whose
+        task instance ended is released at once.
+        """
+        vanished = {holder for holder in gone if holder not in states}
+        due = vanished & self._vanished
+        self._vanished = vanished - due
+        return [holder for holder in gone if holder not in vanished or holder in due]
 
     def end(self) -> None:
         super().end()

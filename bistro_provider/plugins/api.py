@@ -165,7 +165,7 @@ def get_errors(session: SessionDep) -> dict[str, Any]:
 def get_audit(
     session: SessionDep, limit: Annotated[int, Query(ge=1, le=10000)] = 100
 ) -> dict[str, Any]:
-    """Return the newest audit entries first: kills, forgives and capacity changes."""
+    """Return the newest audit entries first: kills, forgives, capacity changes and job edits."""
     return BistroState.load(session).audit(limit)
 
 

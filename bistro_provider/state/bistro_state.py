@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bistro_provider.state import actions, explain, tasks, views
+from bistro_provider.state import actions, explain, job_edits, tasks, views
 from bistro_provider.state.snapshot import StateSnapshot
 
 
@@ -79,3 +79,9 @@ class BistroState(StateSnapshot):
         self, user: str, level: str, node: str, resource: str | None = None
     ) -> dict[str, Any]:
         return actions.clear_capacity(self, user, level, node, resource)
+
+    def save_job(self, user: str, job: str, body: Any, expected_version: int) -> dict[str, Any]:
+        return job_edits.save_job(self, user, job, body, expected_version)
+
+    def delete_job(self, user: str, job: str, expected_version: int) -> dict[str, Any]:
+        return job_edits.delete_job(self, user, job, expected_version)

@@ -244,6 +244,21 @@ class ClearCapacityResponse(_Model):
     cleared: dict[str, int] = Field(description="The overrides removed, by resource")
 
 
+class SaveJobRequest(_Model):
+    job: dict[str, Any] = Field(description="The job's config object, as in bistro_job->NAME")
+    expected_version: StrictInt = Field(
+        description="The version_id the job had when it was read; 0 for a new job"
+    )
+
+
+class JobEditResponse(_Model):
+    job: str
+    action: Literal["created", "updated", "deleted"]
+    version_id: int | None = Field(description="The job's new version; null after a delete")
+    previous_version: int
+    config_source: str = Field(description="The location written: a file path or variable:NAME")
+
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 

@@ -1,4 +1,4 @@
-"""Rules for a job's optional ``airflow`` object: continuous mode and its poll interval."""
+"""Rules for a job's optional ``airflow`` object: continuous mode, poll interval, task timeout."""
 
 from __future__ import annotations
 
@@ -41,6 +41,25 @@ def test_airflow_object_sets_continuous_and_interval() -> None:
     assert job.continuous is True
     assert job.poll_interval == 15.0
     assert job.errors == ()
+
+
+def test_task_timeout_defaults_to_none() -> None:
+    job = parse_job({"owner": "o"})
+    assert job.task_timeout_sec is None
+
+
+def test_airflow_object_sets_task_timeout() -> None:
+    job = job_with_airflow({"task_timeout_sec": 90})
+    assert job.task_timeout_sec == 90.0
+    assert job.errors == ()
+
+
+def test_task_timeout_survives_export() -> None:
+    job = {"owner": "o", "airflow": {"task_timeout_sec": 7.5}}
+    exported = config_to_json(parse_config({"bistro_settings": SETTINGS, "bistro_job->j": job}))
+    reparsed = parse_config(json.loads(json.dumps(exported))).jobs["j"]
+    assert exported["bistro_job->j"]["airflow"] == {"task_timeout_sec": 7.5}
+    assert reparsed.task_timeout_sec == 7.5
 
 
 def test_airflow_object_may_be_empty() -> None:
@@ -99,9 +118,21 @@ def test_airflow_key_is_not_an_unknown_job_key() -> None:
             id="interval-negative",
         ),
         pytest.param(
+            {"task_timeout_sec": 0},
+            "bistro_job->j.airflow.task_timeout_sec",
+            "must be a positive number of seconds",
+            id="timeout-zero",
+        ),
+        pytest.param(
+            {"task_timeout_sec": "30"},
+            "bistro_job->j.airflow.task_timeout_sec",
+            "a number of seconds",
+            id="timeout-string",
+        ),
+        pytest.param(
             {"continous": True},
             "bistro_job->j.airflow.continous",
-            "unknown key; allowed keys: continuous, poll_interval",
+            "unknown key; allowed keys: continuous, poll_interval, task_timeout_sec",
             id="misspelled-key",
         ),
     ],
@@ -124,7 +155,7 @@ def test_invalid_airflow_value_keeps_default() -> None:
 def test_unknown_airflow_key_names_value_path() -> None:
     job = job_with_airflow({"continuous": True, "schedule": "@daily"})
     expected = ConfigIssue(
-        "bistro_job->j.airflow.schedule", "unknown key; allowed keys: continuous, poll_interval"
+        "bistro_job->j.airflow.schedule", "unknown key; allowed keys: continuous, poll_interval, task_timeout_sec"
     )
     assert job.errors == (expected,)
 

@@ -358,6 +358,10 @@ def executor_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mocker: Any) -
     grants = FakeGrantTable()
     for name in ("add_grant", "load_grants", "delete_grants"):
         mocker.patch.object(repository, name, side_effect=getattr(grants, name))
+    # Every task instance handed to the executor is still queued in the database.
+    mocker.patch.object(
+        repository, "ti_states", side_effect=lambda _session, ids: dict.fromkeys(ids, "queued")
+    )
     process = mocker.patch.object(
         LocalExecutor, "_process_workloads", autospec=True, side_effect=take_off_queue
     )

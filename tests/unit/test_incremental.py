@@ -256,7 +256,7 @@ def test_randomized_priority_starts_only_candidates_that_fit(seed: int) -> None:
         end_some(incremental, incremental_events, admitter)
 
 
-def test_full_pass_with_same_candidates_starts_same_tasks_for_randomized_priority() -> None:
+def test_randomized_first_pass_matches_reference() -> None:
     """With nothing running yet, both passes see every job and draw the same jobs."""
     for seed in SEEDS:
         config = random_config(seed, "randomized_priority", "lexicographic")

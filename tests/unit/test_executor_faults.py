@@ -1,0 +1,162 @@
+"""BistroExecutor under faults: database errors, cancelled runs, grants of a dead scheduler.
+
+Uses the fakes of `test_executor`: MagicMock sessions, grant rows in a dict and worker
+hand-off that only takes workloads off the queue. `tests/e2e/test_faults.py` injects the
+same faults into a real stack.
+"""
+
+# The fixtures imported from test_executor are parameters of the tests here.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+from unittest.mock import MagicMock
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from bistro_provider.executors.admission import RunningTask
+from bistro_provider.store import repository
+from tests.unit.test_executor import (  # noqa: F401
+    dispatched,
+    executor_env,
+    grant_record,
+    make_executor,
+    patch_snapshot,
+    queue_all,
+    snapshot_of,
+    workloads_for,
+)
+
+DROPPED = OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+
+def states_with(overrides: dict[str, str]) -> Any:
+    """Return a fake `ti_states`: every id queued unless `overrides` names its state."""
+
+    def ti_states(_session: Any, ids: Any) -> dict[str, str]:
+        return {ti_id: overrides.get(ti_id, "queued") for ti_id in ids}
+
+    return ti_states
+
+
+def test_cancelled_waiting_task_is_not_dispatched(executor_env, patch_snapshot, mocker) -> None:
+    executor = make_executor(executor_env["path"])
+    names, paths = snapshot_of(executor.admission.live)
+    patch_snapshot((names, paths))
+    cancelled, kept = workloads_for(names, ["db11", "db21"])
+    mocker.patch.object(
+        repository, "ti_states", side_effect=states_with({str(cancelled.ti.id): "skipped"})
+    )
+    queue_all(executor, [cancelled, kept])
+
+    executor.trigger_tasks(open_slots=8)
+
+    assert [w.key for w in dispatched(executor_env)] == [kept.key]
+    assert list(executor_env["grants"].rows) == [str(kept.ti.id)]
+    assert str(cancelled.ti.id) not in executor.admission.ledger
+    assert cancelled.key not in executor.admission.waiting
+    assert cancelled.key not in executor.queued_tasks
+
+
+def test_stale_waiting_task_is_forgotten(executor_env, patch_snapshot, mocker) -> None:
+    executor = make_executor(executor_env["path"])
+    names, paths = snapshot_of(executor.admission.live)
+    patch_snapshot((names, paths))
+    [workload] = workloads_for(names, ["db11"])
+    queue_all(executor, [workload])
+    executor.admission.resolve([workload], MagicMock())
+    mocker.patch.object(
+        repository, "ti_states", side_effect=states_with({str(workload.ti.id): "failed"})
+    )
+
+    executor._drop_stale_waiting(MagicMock())
+
+    assert executor.admission.waiting == {}
+    assert executor.queued_tasks == {}
+
+
+def test_dropped_connection_keeps_tasks_waiting(
+    executor_env, patch_snapshot, mocker, caplog: pytest.LogCaptureFixture
+) -> None:
+    executor = make_executor(executor_env["path"])
+    names, paths = snapshot_of(executor.admission.live)
+    patch_snapshot((names, paths))
+    queue_all(executor, workloads_for(names, ["db11", "db21"]))
+    calls: list[int] = []
+
+    def load_statuses(_session: Any, _jobs: Any) -> dict[Any, Any]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise DROPPED
+        return {}
+
+    mocker.patch.object(repository, "load_statuses", side_effect=load_statuses)
+
+    executor.trigger_tasks(open_slots=8)
+
+    assert dispatched(executor_env) == []
+    assert len(executor.admission.waiting) == 2
+    assert executor_env["grants"].rows == {}
+    assert "could not use the metadata database" in caplog.text
+
+    executor.trigger_tasks(open_slots=8)
+
+    assert len(dispatched(executor_env)) == 2
+
+
+def test_failed_state_sync_is_logged_not_raised(
+    executor_env, mocker, caplog: pytest.LogCaptureFixture
+) -> None:
+    executor = make_executor(executor_env["path"])
+    executor._next_sync = 0.0
+    mocker.patch.object(repository, "load_capacity_overrides", side_effect=DROPPED)
+
+    executor.sync()
+
+    assert "state sync could not use the metadata database" in caplog.text
+
+
+def adopt_foreign_grant(executor: Any, grants: Any) -> str:
+    """Put a grant of another scheduler process into the table, ledger and running set."""
+    ti_id = str(uuid.uuid4())
+    record = grant_record(ti_id, {("host", "host1"): {"host_concurrency": 1}})
+    grants.rows[ti_id] = record
+    executor.admission.ledger.force_acquire(ti_id, record.holdings)
+    executor.admission.running[ti_id] = RunningTask(
+        ti_id, record.dag_id, record.run_id, record.job, record.node, 0.0, "run", 0, "worker2"
+    )
+    return ti_id
+
+
+def test_ended_foreign_task_frees_job_node(executor_env, mocker) -> None:
+    executor = make_executor(executor_env["path"])
+    ti_id = adopt_foreign_grant(executor, executor_env["grants"])
+    mocker.patch.object(repository, "ti_states", side_effect=states_with({ti_id: "success"}))
+    mocker.patch.object(repository, "put_status")
+
+    executor._release_foreign_grants(MagicMock())
+
+    assert ti_id not in executor.admission.ledger
+    assert ti_id not in executor.admission.running
+    assert executor_env["grants"].rows == {}
+
+
+def test_vanished_foreign_task_keeps_grant_one_check(executor_env, mocker) -> None:
+    executor = make_executor(executor_env["path"])
+    ti_id = adopt_foreign_grant(executor, executor_env["grants"])
+    mocker.patch.object(repository, "ti_states", side_effect=lambda _session, _ids: {})
+    mocker.patch.object(repository, "put_status")
+
+    executor._release_foreign_grants(MagicMock())
+
+    assert ti_id in executor.admission.ledger
+    assert list(executor_env["grants"].rows) == [ti_id]
+
+    executor._release_foreign_grants(MagicMock())
+
+    assert ti_id not in executor.admission.ledger
+    assert ti_id not in executor.admission.running
+    assert executor_env["grants"].rows == {}

@@ -45,6 +45,11 @@ from bistro_provider.store import repository
 
 log = logging.getLogger(__name__)
 
+STOP_BATCH = 50
+"""Task instances set to skipped per transaction."""
+STOP_PER_SYNC = 500
+"""Waiting task instances dropped per state sync; the rest wait for the next one."""
+
 RUNNING_STATES = (TaskInstanceState.RUNNING, TaskInstanceState.QUEUED)
 QUEUED = TaskInstanceState.QUEUED
 
@@ -185,10 +190,12 @@ class BistroAdmissionMixin:
         statuses = repository.load_statuses(session, jobs | _dependency_jobs(self.admission, jobs))
         # Read-check-write under one lock: the grants of every scheduler, then this pass.
         repository.lock_admission(session)
-        self.admission.sync_ledger(repository.load_grants(session))
+        records = self._drop_unseen_commits(repository.load_grants(session), session)
+        self.admission.sync_ledger(records)
         granted = self._drop_not_queued(self.admission.run_pass(free, statuses), session)
         if not granted:
-            session.rollback()
+            # Ends the transaction, which releases the admission lock.
+            session.commit()
             return []
         try:
             self.admission.commit(granted, session, statuses)
@@ -202,6 +209,33 @@ class BistroAdmissionMixin:
             session.rollback()
             return []
         return granted
+
+    def _drop_unseen_commits(
+        self, records: list[repository.GrantRecord], session: Any
+    ) -> list[repository.GrantRecord]:
+        """Delete this process's grants of tasks that still wait here.
+
+        Such a grant comes from a commit that raised although the database applied it (the
+        connection dropped before the reply). Its task was rolled back to waiting, and the
+        grant would otherwise block it for good.
+        """
+        waiting = {task.ti_id for task in self.admission.waiting.values()}
+        unseen = {
+            record.ti_id
+            for record in records
+            if record.owner == self.admission.owner
+            and record.ti_id in waiting
+            and record.ti_id not in self.admission.running
+        }
+        if not unseen:
+            return records
+        repository.delete_grants(session, unseen)
+        log.warning(
+            "Deleted %d grants left by a commit that raised after the database applied it: %s",
+            len(unseen),
+            sorted(unseen),
+        )
+        return [record for record in records if record.ti_id not in unseen]
 
     def _drop_not_queued(self, granted: list[Granted], session: Any) -> list[Granted]:
         """Give back what the pass granted to task instances that are no longer queued.
@@ -330,15 +364,19 @@ class BistroAdmissionMixin:
             for task, note in waiting_to_drop(self.admission, statuses)
             if task.workload.ti.key not in self._dispatched
         ]
-        if not drops:
-            return
-        stop_task_instances(
-            session, [StopRequest(task.ti_id, note, task.node) for task, note in drops]
-        )
-        for task, _note in drops:
-            key = task.workload.ti.key
-            self.admission.forget(key)
-            self.queued_tasks.pop(key, None)
+        # Small transactions, and a bounded number per sync: on SQLite one long write
+        # transaction blocks the api-server and the scheduler's own heartbeat.
+        drops = drops[:STOP_PER_SYNC]
+        for start in range(0, len(drops), STOP_BATCH):
+            batch = drops[start : start + STOP_BATCH]
+            stop_task_instances(
+                session, [StopRequest(task.ti_id, note, task.node) for task, note in batch]
+            )
+            session.commit()
+            for task, _note in batch:
+                key = task.workload.ti.key
+                self.admission.forget(key)
+                self.queued_tasks.pop(key, None)
 
     def _refresh_overrides(self, session: Any) -> None:
         overrides = repository.load_capacity_overrides(session)

@@ -30,8 +30,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bistro_provider.config_store import configured_location, open_config_source
 from bistro_provider.core.live import LiveForest, RefreshIntervals
-from bistro_provider.executors.admission import AdmissionController, Granted, WaitingTask
-from bistro_provider.executors.endings import record_endings
+from bistro_provider.executors.admission import (
+    AdmissionController,
+    Granted,
+    RunningTask,
+    WaitingTask,
+)
+from bistro_provider.executors.endings import record_endings, retry_endings
 from bistro_provider.executors.orphans import (
     OrphanTracker,
     StopRequest,
@@ -87,6 +92,8 @@ class BistroAdmissionMixin:
         self._dispatched: dict[Any, str] = {}
         """Workloads handed to worker processes: key to task instance id ('' for others)."""
         self._ended: list[tuple[Any, Any, str | None]] = []
+        self._unrecorded: list[RunningTask] = []
+        """Ended tasks whose status write failed; retried at the next sync."""
         self._next_reconcile = 0.0
         self._next_sync = 0.0
         self.publisher = StatePublisher(self.admission)
@@ -316,7 +323,9 @@ class BistroAdmissionMixin:
         super().sync()
         if self._ended:
             ended, self._ended = self._ended, []
-            record_endings(self.admission, ended)
+            self._unrecorded += record_endings(self.admission, ended)
+        elif self._unrecorded:
+            self._unrecorded = retry_endings(self._unrecorded)
         now = time.time()
         try:
             self._sync_state(now)
@@ -400,10 +409,14 @@ class BistroAdmissionMixin:
         # The scheduler that admitted these tasks is gone, so no executor saw them end:
         # record their Bistro statuses (depends_on reads them), and forget them as running
         # so that their (job, node) may run again.
-        record_endings(self.admission, [(holder, states.get(holder), holder) for holder in gone])
+        ended = [(holder, states.get(holder), holder) for holder in gone]
+        unrecorded = record_endings(self.admission, ended) or []
+        # A grant stays until its task's status is written, as for the tasks ended here.
+        self._unrecorded += unrecorded
         for holder in gone:
             self.admission.release(holder)
-        repository.delete_grants(session, gone)
+        kept = {task.ti_id for task in unrecorded}
+        repository.delete_grants(session, [holder for holder in gone if holder not in kept])
         session.commit()
         log.info("Released %d grants of tasks that are no longer running", len(gone))
 

@@ -27,26 +27,40 @@ from bistro_provider.store import repository
 log = logging.getLogger(__name__)
 
 
-def record_endings(admission: AdmissionController, ended: list[tuple[Any, Any, str | None]]) -> None:
-    """Release the resources of ended tries and record each Bistro task's status."""
+def record_endings(
+    admission: AdmissionController, ended: list[tuple[Any, Any, str | None]]
+) -> list[RunningTask]:
+    """Release the resources of ended tries and record each Bistro task's status.
+
+    :return: the tasks whose status could not be written; pass them to `retry_endings`.
+    """
     tasks = []
     for key, state, ti_id in ended:
         task = admission.release(ti_id) if ti_id else None
         if task is not None:
             tasks.append(task)
             log.info("Released resources of %s (executor state %s)", key, state)
+    return retry_endings(tasks)
+
+
+def retry_endings(tasks: list[RunningTask]) -> list[RunningTask]:
+    """Write the statuses of ended tasks and delete their grants; return those that failed.
+
+    Until the write succeeds the grant row stays, so every pass keeps counting the
+    resources as held; that errs on the safe side. A lost status would let a continuous
+    job run a done node again.
+    """
     if not tasks:
-        return
+        return []
     from airflow.utils.session import create_session
 
     try:
         with create_session() as session:
             _record(session, tasks)
     except Exception:
-        # The grant row stays behind, so the next pass takes its resources again from the
-        # database. The periodic grant check then releases and deletes it, because the task
-        # instance is no longer queued or running.
-        log.exception("Could not record the end of %d Bistro tasks", len(tasks))
+        log.exception("Could not record the end of %d Bistro tasks; will retry", len(tasks))
+        return tasks
+    return []
 
 
 def _record(session: Any, tasks: list[RunningTask]) -> None:

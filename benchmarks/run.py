@@ -47,7 +47,7 @@ from bistro_provider.core.resources import Ledger, level_capacity
 from bistro_provider.core.scheduler import TaskKey, admit_pass, plan_jobs
 from bistro_provider.core.status import TaskStatus
 from bistro_provider.nodes import fetch_forest
-from bistro_provider.simulator import SimulationOptions, simulate
+from bistro_provider.simulator import Mode, SimulationOptions, simulate
 
 # The table lives next to this script, which runs as a file rather than as a package.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,6 +57,7 @@ RESULTS_PATH = Path(__file__).with_name("results.json")
 # Bistro's paper (USENIX ATC 2015, section 4), measured on 16-core 2.2 GHz Xeon hosts.
 BISTRO_BRUTE_FORCE_1M_SECONDS = 10.0
 BISTRO_300K_5_JOBS_SECONDS = 5.0
+STRESS_MODES: tuple[Mode, ...] = ("incremental", "full")
 _RUNNING = TaskStatus("running", 0.0)
 _DONE = TaskStatus("done", 0.0)
 
@@ -234,14 +235,14 @@ def _end_one(
 # -- P3: simulated throughput -------------------------------------------------------------------
 
 
-def throughput(scale: Scale, duration: float, mode: str = "incremental") -> dict[str, Any]:
+def throughput(scale: Scale, duration: float, mode: Mode = "incremental") -> dict[str, Any]:
     """Simulate the database-iterator shape with the scheduler's time charged (P3)."""
     config = db_iterator_config(scale.sim_hosts, scale.sim_dbs, scale.jobs)
     options = SimulationOptions(
         duration_mean=duration,
         seed=1,
         mode=mode,
-        charge_pass_time=True,  # type: ignore[arg-type]
+        charge_pass_time=True,
     )
     report = simulate(config, options).to_json()
     report["duration_mean"] = duration
@@ -351,7 +352,7 @@ def run_all(scale: Scale, progress: Callable[[str], None] = print) -> dict[str, 
     progress("P3 simulator throughput")
     results["p3_throughput"] = throughput(scale, scale.sim_duration)
     results["p3_stress"] = {
-        mode: throughput(scale, scale.stress_duration, mode) for mode in ("incremental", "full")
+        mode: throughput(scale, scale.stress_duration, mode) for mode in STRESS_MODES
     }
     progress("P6 memory")
     results["p6_memory"] = memory(scale.hosts, scale.dbs, scale.jobs)

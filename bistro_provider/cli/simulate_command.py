@@ -16,7 +16,8 @@ DISTRIBUTION_CHOICES = ("uniform", "fixed", "exponential")
 
 ARG_SIMULATE_CONFIG = Arg(
     ("--config",),
-    help="Bistro config file (JSON, or YAML with the same keys); default: [bistro] config_file",
+    help="Bistro config file (JSON, or YAML with the same keys); default: the config_file "
+    "option in the bistro section of airflow.cfg",
     default=None,
 )
 ARG_DURATION_MEAN = Arg(

@@ -81,8 +81,8 @@ def task_eligibility(job: Job, node: Node, levels: tuple[str, ...]) -> Eligibili
 class PathEligibility:
     """`task_eligibility(job, node, levels) == "yes"` for many nodes of one job.
 
-    Each ancestor's answer is computed once and kept, so checking a million databases under
-    ten thousand hosts evaluates each host's filter and enabled flag once. The answers are
+    Each ancestor's result is computed once and kept, so checking a million databases under
+    ten thousand hosts evaluates each host's filter and enabled flag once. The results are
     only valid while no node is enabled, disabled or added, so create one per pass.
     """
 

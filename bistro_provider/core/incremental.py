@@ -9,7 +9,9 @@ same policy code over the groups under the changed nodes only. Candidates outsid
 groups would fail anyway. So for `ranked_priority`, `long_tail` and, with a fixed job
 order, `roundrobin`, it starts the same tasks in the same order as a full pass over the
 same candidates. `randomized_priority` draws among a different set of jobs, so there only
-the outcome that no waiting candidate fits afterwards is the same.
+the outcome that no waiting candidate fits afterwards is the same. A freed worker (or any
+other key outside the forest) may serve any candidate, so it makes the next incremental
+pass scan every group, and so does a global (instance-level) resource.
 
 Differences from `plan_jobs` + `admit_pass`:
 
@@ -57,7 +59,7 @@ _NO_CANDIDATE = -1
 """The position `_Scan.pop` returns when every remaining group turned out to be full."""
 
 Scope = dict[int, set[int] | None]
-"""Groups to scan per task level; None scans every group of the level."""
+"""Groups to scan per task level. None scans every group of the level."""
 
 
 def _accept_all(job: Job, candidate: Candidate, node: Node, needs: Holdings) -> StartResult:
@@ -178,10 +180,14 @@ class IncrementalAdmitter:
     def admit_all(self) -> list[Admission]:
         """Run a full pass: every job tries every candidate, full groups dropped whole."""
         self._dirty = {}
-        return self._run({level: None for level in self.index.task_levels})
+        started = self._run({level: None for level in self.index.task_levels})
+        log.debug(
+            "Full admission pass over %d jobs started %d tasks", len(self.states), len(started)
+        )
+        return started
 
     def admit_affected(self) -> list[Admission]:
-        """Run a pass over the groups that changed since the last pass; [] if none did."""
+        """Run a pass over the groups that changed since the last pass (none: return [])."""
         if not self._dirty:
             return []
         scope, self._dirty = self._dirty, {}
@@ -258,7 +264,8 @@ class IncrementalAdmitter:
             path = checked_path or self.index.path_slots(node)
             if checked_path is None and not self.index.fits(state.vectors, path):
                 continue
-            needs = needs_from_table(self.settings.levels, state.table, node.path_to_root())
+            steps = node.path_to_root()
+            needs = needs_from_table(self.settings.levels, state.table, steps)
             if self.extra_needs is not None:
                 needs.update(self.extra_needs(job, candidate, node))
                 if self.ledger.first_blocker(needs) is not None:
@@ -266,7 +273,7 @@ class IncrementalAdmitter:
             outcome = self.start_hook(job, candidate, node, needs)
             if outcome is StartResult.RAN:
                 self._grant(state, name, needs, path)
-                names = tuple(node.path_names())
+                names = tuple(step.name for step in reversed(steps))
                 started.append((state, position, Admission(job.name, name, names, needs)))
                 return outcome
             if outcome is StartResult.STOP:
@@ -294,7 +301,7 @@ class IncrementalAdmitter:
     ) -> Holdings | None:
         """Release a task's holdings and update candidates from its new status.
 
-        `statuses` must already hold the task's final status. Jobs that depend on `job`
+        `statuses` must already contain the task's final status. Jobs that depend on `job`
         get their candidate on `node` re-checked too, since a ``done`` may unblock them.
 
         :return: what the task held, or None if it was not running here.

@@ -24,9 +24,16 @@ TaskKey = tuple[str, str]
 
 
 class StatusLike(Protocol):
-    kind: str
-    time: float
-    backoff: int
+    """A task status as admission reads it; read-only, so frozen `TaskStatus` matches."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def time(self) -> float: ...
+
+    @property
+    def backoff(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -119,9 +126,9 @@ def job_candidates(
 ) -> list[Candidate]:
     """Return `job`'s candidates among `node_names` by Bistro's rules, keeping their order.
 
-    :param shared: candidates by node name that other jobs of the same pass built; a
-        candidate whose replicas are all eligible is taken from (or added to) it, so jobs
-        share one object per node instead of one per job and node.
+    :param shared: candidates by node name that other jobs of the same pass built. A
+        candidate whose replicas are all eligible is taken from it (or added to it), so
+        jobs share one object per node instead of one per job and node.
     """
     settings = config.settings
     level = settings.level_index(job.level_for_tasks or settings.level_for_tasks)
@@ -202,8 +209,8 @@ class _Reasons:
 
     def waiting_for(self, blocker: Blocker) -> str:
         known = self._by_id.get(id(blocker))
-        # Only blockers that PathCheck shares stay alive for the whole pass; a checked
-        # identity keeps a reused id of a freed blocker from returning the wrong text.
+        # Only the blockers that PathCheck shares stay alive for the whole pass. The
+        # identity check keeps a freed blocker's reused id from returning the wrong text.
         if known is not None and known[0] is blocker:
             return known[1]
         reason = f"waiting for {blocker}"
@@ -262,10 +269,15 @@ def admit_pass(
 
     completed = run_policy(settings.scheduler, jobs, try_start, rng)
     result.stopped_early = not completed
+    _mark_untried(result, jobs)
+    return result
+
+
+def _mark_untried(result: PassResult, jobs: list[JobCandidates[Candidate]]) -> None:
+    """Give the candidates a stopped pass left in the lists their reason."""
     for entry in jobs:
         for candidate in entry.candidates:
             result.waiting.setdefault((entry.job.name, candidate.node), "not tried this pass")
-    return result
 
 
 def _check_replica(

@@ -340,3 +340,54 @@ def test_released_task_unblocks_waiting_candidate_on_its_host() -> None:
     side.end(("a", "d2"), "done")
     admitter.task_ended("a", "d2", side.statuses, 0.0)
     assert side.record(admitter.admit_affected()) == [("a", "d1")]
+
+
+def worker_config() -> Config:
+    """Three hosts of two databases, and one worker slot that every task also needs."""
+    prefs = {f"h{host}": [f"h{host}.d{db}" for db in range(2)] for host in range(3)}
+    data = {
+        "bistro_settings": {
+            "enabled": True,
+            "scheduler": "ranked_priority",
+            "nodes": {
+                "levels": ["host", "db"],
+                "node_order": "lexicographic",
+                "node_sources": [{"source": "manual", "prefs": prefs}],
+            },
+            "resources": {
+                "host": {"host_concurrency": {"limit": 1, "default": 1}},
+                "worker": {"slots": {"limit": 2, "default": 1}},
+            },
+        },
+        "bistro_job->a": {"owner": "test", "priority": 2},
+        "bistro_job->b": {"owner": "test", "priority": 1},
+    }
+    return parse_config(data)
+
+
+def one_worker(job: Any, candidate: Candidate, node: Node) -> dict[tuple[str, str], Any]:
+    return {("worker", "w1"): {"slots": 1}}
+
+
+def test_released_worker_slot_rescans_every_host() -> None:
+    config = worker_config()
+    forest = fetch_forest(config.settings, now=0)
+    reference, incremental = new_side(config, forest), new_side(config, forest)
+    admitter = IncrementalAdmitter(
+        config,
+        forest,
+        incremental.ledger,
+        random.Random(0),
+        job_order="config",
+        extra_needs=one_worker,
+    )
+    events = random.Random(7)
+    for round_number in range(8):
+        expected = reference_pass(reference, round_number, extra_needs=one_worker)
+        started = admitter.admit_all() if round_number == 0 else admitter.admit_affected()
+        assert incremental.record(started) == expected, f"round {round_number}"
+        assert len(incremental.running) <= 2, f"round {round_number}: worker over its limit"
+        state = events.getstate()
+        end_some(reference, events, None)
+        events.setstate(state)
+        end_some(incremental, events, admitter)

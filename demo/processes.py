@@ -63,6 +63,29 @@ def session_members(session_ids: set[int]) -> list[int]:
     return sorted(members)
 
 
+def environment_members(name: str, value: str) -> list[int]:
+    """Return live pids whose environment has ``name=value``.
+
+    The api-server's worker process starts a session of its own, so it escapes both the
+    process group and the session of the api-server; it still inherits the environment.
+    """
+    wanted = f"{name}={value}".encode()
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        stat = _proc_stat(int(entry.name))
+        if stat is None or stat[0] == "Z":
+            continue
+        if wanted in environ.split(b"\0"):
+            members.append(int(entry.name))
+    return sorted(members)
+
+
 def listening_sockets(pids: set[int]) -> list[tuple[str, int]] | None:
     """Return (local address, pid) for each TCP socket in LISTEN state owned by ``pids``.
 

@@ -37,6 +37,7 @@ from demo.processes import (
     free_port,
     is_loopback,
     listening_sockets,
+    environment_members,
     session_members,
     signal_group,
     signal_pid,
@@ -281,7 +282,9 @@ class AirflowStack:
 
     def pids(self) -> list[int]:
         """Return the live pids of every started service and of everything they started."""
-        return session_members(self._groups())
+        members = set(session_members(self._groups()))
+        members.update(environment_members("AIRFLOW_HOME", str(self.home)))
+        return sorted(members)
 
     def _groups(self) -> set[int]:
         return {process.pid for process in self._processes.values()} | self._retired_groups
@@ -356,6 +359,8 @@ class AirflowStack:
         groups = self._groups()
         for pgid in groups:
             signal_group(pgid, signal.SIGTERM)
+        for pid in environment_members("AIRFLOW_HOME", str(self.home)):
+            signal_pid(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         while self._reap() and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -117,7 +117,9 @@ def run_task_command(
             stderr=subprocess.STDOUT,
             pass_fds=(write_fd,),
             start_new_session=True,
-            preexec_fn=_parent_death_signal() if die_with_parent else None,
+            # The hook only calls prctl through a ctypes function loaded before the fork, so
+            # it takes no lock that another thread could hold.
+            preexec_fn=_parent_death_signal() if die_with_parent else None,  # noqa: PLW1509
         )
     except BaseException:
         os.close(read_fd)

@@ -11,6 +11,7 @@ same faults into a real stack.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 from unittest.mock import MagicMock
 
@@ -160,3 +161,36 @@ def test_vanished_foreign_task_keeps_grant_one_check(executor_env, mocker) -> No
     assert ti_id not in executor.admission.ledger
     assert ti_id not in executor.admission.running
     assert executor_env["grants"].rows == {}
+
+
+def test_grant_of_unseen_commit_is_deleted(executor_env, patch_snapshot) -> None:
+    executor = make_executor(executor_env["path"])
+    names, paths = snapshot_of(executor.admission.live)
+    patch_snapshot((names, paths))
+    [workload] = workloads_for(names, ["db11"])
+    queue_all(executor, [workload])
+    executor.admission.resolve([workload], MagicMock())
+    # The database applied the commit, but the executor saw an error and kept waiting.
+    leftover = grant_record(str(workload.ti.id), {("host", "host1"): {"host_concurrency": 1}})
+    executor_env["grants"].rows[leftover.ti_id] = replace(leftover, owner=executor.admission.owner)
+
+    executor.trigger_tasks(open_slots=8)
+
+    assert [w.key for w in dispatched(executor_env)] == [workload.key]
+    assert executor_env["grants"].rows[str(workload.ti.id)].owner == executor.admission.owner
+    assert executor_env["grants"].rows[str(workload.ti.id)].run_id == workload.ti.run_id
+
+
+def test_foreign_grant_of_waiting_task_is_kept(executor_env, patch_snapshot) -> None:
+    executor = make_executor(executor_env["path"])
+    names, paths = snapshot_of(executor.admission.live)
+    patch_snapshot((names, paths))
+    [workload] = workloads_for(names, ["db11"])
+    queue_all(executor, [workload])
+    other = grant_record(str(workload.ti.id), {("host", "host1"): {"host_concurrency": 1}})
+    executor_env["grants"].rows[other.ti_id] = other
+
+    executor.trigger_tasks(open_slots=8)
+
+    assert dispatched(executor_env) == []
+    assert executor_env["grants"].rows[other.ti_id] is other

@@ -322,6 +322,8 @@ class AdmissionController:
             status = statuses.get((task.job, task.node))
             if job.continuous and status is not None and status.kind == "done":
                 # Dropped (skipped) at the next state sync; never run a done node again.
+                # NOTE: in the 300 s churn soak test 10 of 753 nodes still ran twice,
+                # because the end of their first run was never recorded; cause not found.
                 task.reason = f"{task.job} is already done on {task.node}"
                 continue
             if not _dependencies_done(job, task.node, statuses, config):

@@ -63,23 +63,33 @@ def session_members(session_ids: set[int]) -> list[int]:
     return sorted(members)
 
 
-def environment_members(name: str, value: str) -> list[int]:
-    """Return live pids whose environment has ``name=value``.
+def home_members(home: Path) -> list[int]:
+    """Return live pids that run in ``home`` or have ``AIRFLOW_HOME=home`` in their environment.
 
     The api-server's worker process starts a session of its own, so it escapes both the
-    process group and the session of the api-server; it still inherits the environment.
+    process group and the session of the api-server. Airflow's processes rename themselves
+    with setproctitle, which can overwrite the environment that /proc shows, so the working
+    directory, which every stack process inherits, is checked too.
     """
-    wanted = f"{name}={value}".encode()
+    wanted = f"AIRFLOW_HOME={home}".encode()
+    home_text = str(home)
     members = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
+        stat = _proc_stat(int(entry.name))
+        if stat is None or stat[0] == "Z":
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            cwd = ""
+        if cwd == home_text:
+            members.append(int(entry.name))
+            continue
         try:
             environ = (entry / "environ").read_bytes()
         except OSError:
-            continue
-        stat = _proc_stat(int(entry.name))
-        if stat is None or stat[0] == "Z":
             continue
         if wanted in environ.split(b"\0"):
             members.append(int(entry.name))

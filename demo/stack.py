@@ -35,9 +35,9 @@ from typing import Any
 
 from demo.processes import (
     free_port,
+    home_members,
     is_loopback,
     listening_sockets,
-    environment_members,
     session_members,
     signal_group,
     signal_pid,
@@ -283,7 +283,7 @@ class AirflowStack:
     def pids(self) -> list[int]:
         """Return the live pids of every started service and of everything they started."""
         members = set(session_members(self._groups()))
-        members.update(environment_members("AIRFLOW_HOME", str(self.home)))
+        members.update(home_members(self.home))
         return sorted(members)
 
     def _groups(self) -> set[int]:
@@ -359,7 +359,7 @@ class AirflowStack:
         groups = self._groups()
         for pgid in groups:
             signal_group(pgid, signal.SIGTERM)
-        for pid in environment_members("AIRFLOW_HOME", str(self.home)):
+        for pid in home_members(self.home):
             signal_pid(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         while self._reap() and time.monotonic() < deadline:

@@ -78,7 +78,7 @@ class CeleryWorkerDiscovery:
                 self._seen[name] = (info, now)
             for name, (_info, seen) in list(self._seen.items()):
                 if now - seen > self.lost_after:
-                    log.warning("Celery worker %s has not answered for %.0f s; dropping it", name, now - seen)
+                    log.warning("Celery worker %s has not responded for %.0f s; dropping it", name, now - seen)
                     del self._seen[name]
 
     def _worker_info(self, node_name: str, queues: list[Any]) -> WorkerInfo | None:

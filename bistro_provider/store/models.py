@@ -41,7 +41,7 @@ class Grant(Base):
     worker: Mapped[str] = mapped_column(String(250), default="")
     granted_at: Mapped[float] = mapped_column(Float)
     owner: Mapped[str] = mapped_column(String(250), default="")
-    """Which scheduler process admitted the task: ``hostname:pid``."""
+    """The scheduler process that admitted the task, as ``hostname:pid``."""
 
 
 class TaskStatusRow(Base):
@@ -71,7 +71,7 @@ class CapacityOverride(Base):
 
 
 class AuditEntry(Base):
-    """Who changed what and when: capacity edits, kills, forgives."""
+    """An audit record of an action (capacity edit, kill, forgive): user, time, old and new value."""
 
     __tablename__ = "bistro_audit"
 

@@ -83,7 +83,6 @@ def run_p4_once(executor: str, tasks: int, workers: int) -> float:
             "PYTHONPATH": str(REPO_ROOT),
         }
         with AirflowStack(Path(tmp) / "airflow", dags, env) as stack:
-            stack.start()
             run_id = stack.trigger(DAG_ID)
             state = stack.wait_for_run(DAG_ID, run_id, timeout=1800)
             instances = [ti for ti in stack.task_instances(DAG_ID, run_id) if ti["map_index"] >= 0]

@@ -159,6 +159,11 @@ class AirflowStack:
         :raises StackError: with the tail of every log when a step fails or times out. All
             processes started so far are stopped first.
         """
+        if self._processes:
+            raise StackError(
+                "this stack is already started; `with stack:` starts it, so do not also call"
+                " stack.start() inside the block"
+            )
         if not self.airflow.is_file():
             raise StackError(
                 f"{self.airflow} not found: install apache-airflow into {sys.prefix}"

@@ -492,6 +492,27 @@ class AdmissionController:
             self._dirty = True
         return task if released else None
 
+    def release_foreign(self, record: repository.GrantRecord) -> RunningTask:
+        """Give back what another scheduler's task held; return it as an ended task.
+
+        A grant learned from the database (`sync_ledger`) has no entry in `running`, so
+        the task is rebuilt from its grant row for recording its Bistro status.
+        """
+        task = self.running.pop(record.ti_id, None)
+        if self.ledger.release(record.ti_id) is not None:
+            self._dirty = True
+        return task or RunningTask(
+            record.ti_id,
+            record.dag_id,
+            record.run_id,
+            record.job,
+            record.node,
+            record.granted_at,
+            record.task_id,
+            record.map_index,
+            record.worker,
+        )
+
     def sync_ledger(self, records: list[repository.GrantRecord]) -> None:
         """Make the in-memory ledger equal the grants in the database.
 

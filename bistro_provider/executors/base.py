@@ -394,9 +394,14 @@ class BistroAdmissionMixin:
             self.admission.mark_dirty()
 
     def _release_foreign_grants(self, session: Any) -> None:
-        """Release grants held by tasks that another scheduler process admitted and that are
-        no longer queued or running (they survived a restart of the scheduler)."""
+        """Release grants of tasks that another scheduler process admitted and that are no
+        longer queued or running.
 
+        The other scheduler may be gone (the grant survived a restart) or alive and not yet
+        aware that its task ended. Either way the task's Bistro status is recorded here,
+        from its grant row, before the grant is deleted: without it a continuous job would
+        run a done node again.
+        """
         ours = set(self._dispatched.values())
         foreign = [h for h in self.admission.ledger.holders() if h not in ours]
         if not foreign:
@@ -406,19 +411,24 @@ class BistroAdmissionMixin:
         gone = self._after_one_more_check(gone, states)
         if not gone:
             return
-        # The scheduler that admitted these tasks is gone, so no executor saw them end:
-        # record their Bistro statuses (depends_on reads them), and forget them as running
-        # so that their (job, node) may run again.
-        ended = [(holder, states.get(holder), holder) for holder in gone]
-        unrecorded = record_endings(self.admission, ended) or []
-        # A grant stays until its task's status is written, as for the tasks ended here.
-        self._unrecorded += unrecorded
+        records = {r.ti_id: r for r in repository.load_grants(session) if r.ti_id in gone}
+        ended = []
         for holder in gone:
-            self.admission.release(holder)
-        kept = {task.ti_id for task in unrecorded}
-        repository.delete_grants(session, [holder for holder in gone if holder not in kept])
-        session.commit()
-        log.info("Released %d grants of tasks that are no longer running", len(gone))
+            record = records.get(holder)
+            if record is None:
+                # Another scheduler deleted the row after recording the end itself.
+                self.admission.release(holder)
+            else:
+                ended.append(self.admission.release_foreign(record))
+        # A grant stays until its task's status is written, as for the tasks ended here.
+        pending = {task.ti_id for task in self._unrecorded}
+        self._unrecorded += [t for t in retry_endings(ended) if t.ti_id not in pending]
+        log.info(
+            "Released %d grants of tasks admitted by another scheduler process that are no "
+            "longer running: %s",
+            len(gone),
+            ", ".join(f"{holder} ({states.get(holder) or 'deleted'})" for holder in gone),
+        )
 
     def _after_one_more_check(self, gone: list[str], states: dict[str, Any]) -> list[str]:
         """Hold grants of vanished task instances until the next grant check.

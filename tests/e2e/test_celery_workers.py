@@ -174,7 +174,6 @@ def test_celery_workers_respect_their_capacity(tmp_path, postgres_url):
     stack = AirflowStack(tmp_path / "airflow", REPO_ROOT / "dags", env)
     workers = Workers(stack)
     with stack:
-        stack.start()
         try:
             workers.start("worker-a", 8)
             workers.start("worker-b", 8)

@@ -102,7 +102,6 @@ def test_two_schedulers_never_run_two_tasks_on_one_database(tmp_path, postgres_d
     }
     stack = AirflowStack(tmp_path / "airflow", REPO_ROOT / "dags", env, schedulers=2)
     with stack:
-        stack.start()
         runs = [(f"bistro_{job}", stack.trigger(f"bistro_{job}")) for job in JOBS]
         states = [stack.wait_for_run(dag_id, run_id, timeout=900) for dag_id, run_id in runs]
         admitted = {

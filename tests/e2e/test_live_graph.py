@@ -143,7 +143,6 @@ def test_dropped_node_is_skipped_and_new_node_runs(tmp_path):
         resources={"host": {"slots": {"limit": 3, "default": 1}}, "db": {"lock": {"limit": 1, "default": 1}}},
     )
     with stack:
-        stack.start()
         wait_for(lambda: len(list(out.glob("*.start"))) >= 3, 120, "three tasks starting")
         assert starts(out, "d4") == []
         write_fleet(fleet_file, {"h1": ["d1", "d2", "d3", "d5"]})
@@ -188,7 +187,6 @@ def test_dropped_host_is_stopped_after_kill_delay(tmp_path):
         kill_orphan_tasks_after_sec=5,
     )
     with stack:
-        stack.start()
         wait_for(lambda: len(list(out.glob("*.start"))) >= 3, 120, "one task per host starting")
         before = {g["node"]: g["holdings"] for g in grants(stack)}
         h3_running = [node for node in before if node.startswith("c")]

@@ -152,7 +152,6 @@ def test_continuous_job_survives_host_churn(tmp_path):
     stack = AirflowStack(tmp_path / "airflow", REPO_ROOT / "dags", env, triggerer=True)
     churn = Churn(hosts, down_file, CHURN_SECONDS)
     with stack:
-        stack.start()
         churn.start()
         deadline = time.time() + CHURN_SECONDS + 900
         while time.time() < deadline:

@@ -434,6 +434,23 @@ def test_stack_stop_kills_processes_ignoring_sigterm(
     assert stack.stop() == []
 
 
+def test_stack_refuses_second_start(tmp_path: Path) -> None:
+    """A second start would run a second scheduler and triggerer on the same database."""
+    fake_airflow = tmp_path / "airflow"
+    fake_airflow.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(600)\n")
+    fake_airflow.chmod(0o755)
+    stack = stack_module.AirflowStack(tmp_path / "home", tmp_path, {}, port=1)
+    stack.airflow = fake_airflow
+    stack.log_dir.mkdir(parents=True)
+    stack._spawn("scheduler", ["scheduler"])
+    try:
+        with pytest.raises(stack_module.StackError, match="already started"):
+            stack.start()
+        assert len(stack._processes) == 1
+    finally:
+        assert stack.stop() == []
+
+
 def test_stack_environment_ignores_inherited_airflow_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

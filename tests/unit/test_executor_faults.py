@@ -145,6 +145,40 @@ def test_ended_foreign_task_frees_job_node(executor_env, mocker) -> None:
     assert executor_env["grants"].rows == {}
 
 
+def test_ended_task_of_live_scheduler_gets_its_status(executor_env, mocker) -> None:
+    """A grant of another running scheduler reaches this ledger only through the grant
+    table. When its task ends before that scheduler records it, this process records the
+    (job, node) status; otherwise a continuous job would run the node again."""
+    executor = make_executor(executor_env["path"])
+    ti_id = str(uuid.uuid4())
+    record = grant_record(ti_id, {("host", "host1"): {"host_concurrency": 1}})
+    executor_env["grants"].rows[ti_id] = record
+    executor.admission.sync_ledger([record])
+    assert ti_id not in executor.admission.running
+    mocker.patch.object(repository, "ti_states", side_effect=states_with({ti_id: "success"}))
+    put_status = mocker.patch.object(repository, "put_status")
+
+    executor._release_foreign_grants(MagicMock())
+
+    assert [call.args[1:3] for call in put_status.call_args_list] == [("job1", "db11")]
+    assert put_status.call_args.kwargs["run_id"] == "other-scheduler-run"
+    assert ti_id not in executor.admission.ledger
+    assert executor_env["grants"].rows == {}
+
+
+def test_unwritten_foreign_status_keeps_grant(executor_env, mocker) -> None:
+    executor = make_executor(executor_env["path"])
+    ti_id = adopt_foreign_grant(executor, executor_env["grants"])
+    mocker.patch.object(repository, "ti_states", side_effect=states_with({ti_id: "success"}))
+    mocker.patch.object(repository, "put_status", side_effect=DROPPED)
+
+    executor._release_foreign_grants(MagicMock())
+    executor._release_foreign_grants(MagicMock())
+
+    assert list(executor_env["grants"].rows) == [ti_id]
+    assert [task.ti_id for task in executor._unrecorded] == [ti_id]
+
+
 def test_vanished_foreign_task_keeps_grant_one_check(executor_env, mocker) -> None:
     executor = make_executor(executor_env["path"])
     ti_id = adopt_foreign_grant(executor, executor_env["grants"])

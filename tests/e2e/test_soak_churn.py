@@ -6,8 +6,8 @@ fault thread takes a few hosts down and brings them back every few seconds. The 
 process every database exactly once, never run more than two tasks on a host (measured
 from the tasks' own timestamps), and never stop a task whose node still exists.
 
-It runs only when BISTRO_SOAK=1 (about 15 minutes on two cores); BISTRO_SOAK_SECONDS
-changes the churn duration (default 300).
+It takes about 7 minutes on two cores. BISTRO_SOAK_SECONDS changes the churn duration
+(default 300); BISTRO_SOAK=0 skips the test.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from demo.timeline import max_concurrency
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(
-        os.environ.get("BISTRO_SOAK") != "1", reason="soak test; set BISTRO_SOAK=1 to run it"
+        os.environ.get("BISTRO_SOAK") == "0", reason="soak test skipped by BISTRO_SOAK=0"
     ),
 ]
 
@@ -172,7 +172,7 @@ def test_continuous_job_survives_host_churn(tmp_path):
         per_node[record["node"]] = per_node.get(record["node"], 0) + 1
     downs = sum(1 for _t, kind, _h in churn.events if kind == "down")
     sys.stderr.write(
-        f"{len(records)} task runs over {len(databases)} databases in {info.hosts} hosts; "
+        f"{len(records)} task runs over {len(databases)} databases in {len(info.hosts)} hosts; "
         f"{downs} host outages; peak per host {max(per_host.values())}\n"
     )
 

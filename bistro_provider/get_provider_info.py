@@ -80,6 +80,16 @@ CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
         "8",
         "16",
     ),
+    "prefetch_tasks": _option(
+        "Admitted tasks that BistroExecutor hands to its worker processes beyond those "
+        "free, so that a process that finishes a task starts the next one at once instead "
+        "of waiting for the next scheduler loop (up to [scheduler] scheduler_idle_sleep_time "
+        "when the scheduler is idle). A prefetched task holds its resources while it waits "
+        "for a process. 0 turns prefetching off.",
+        "integer",
+        "8",
+        "0",
+    ),
     "max_waiting_tasks": _option(
         "Task instances that may wait in BistroExecutor for resources at once. Waiting tasks "
         "are QUEUED in Airflow but do not count against [core] parallelism.",

@@ -24,6 +24,7 @@ class BistroOptions:
     nodes_retry_interval: float = 15.0
     script_timeout: float = 60.0
     worker_processes: int = 8
+    prefetch_tasks: int = 8
     max_waiting_tasks: int = 10000
     pool: str = "bistro_pool"
     dag_id_prefix: str = "bistro_"
@@ -60,6 +61,7 @@ class BistroOptions:
             nodes_retry_interval=get_float("nodes_retry_interval", cls.nodes_retry_interval),
             script_timeout=get_float("script_timeout", cls.script_timeout),
             worker_processes=get_int("worker_processes", cls.worker_processes),
+            prefetch_tasks=max(0, get_int("prefetch_tasks", cls.prefetch_tasks)),
             max_waiting_tasks=get_int("max_waiting_tasks", cls.max_waiting_tasks),
             pool=get_str("pool", cls.pool),
             dag_id_prefix=conf.get(SECTION, "dag_id_prefix", fallback=cls.dag_id_prefix),

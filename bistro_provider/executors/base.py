@@ -89,6 +89,8 @@ class BistroAdmissionMixin:
             )
         self.admission = AdmissionController(live, workers=WorkerPool(_empty_settings()))
         self.admission.full_pass_interval = self.options.full_pass_interval
+        self.prefetch = 0
+        """Tasks dispatched beyond `parallelism`; they wait in the worker pool's queue."""
         self._dispatched: dict[Any, str] = {}
         """Workloads handed to worker processes: key to task instance id ('' for others)."""
         self._ended: list[tuple[Any, Any, str | None]] = []
@@ -105,8 +107,14 @@ class BistroAdmissionMixin:
 
     @property
     def slots_occupied(self) -> int:
-        """Count only dispatched work, so that waiting tasks do not use `[core] parallelism`."""
-        return len(self._dispatched) + len(self.queued_callbacks) + len(self.queued_connection_tests)
+        """Count only dispatched work, so that waiting tasks do not use `[core] parallelism`.
+
+        The first `prefetch` dispatched tasks are not counted either: the scheduler then
+        queues that many tasks beyond its parallelism, and they wait in the worker pool's
+        queue for a process to finish its task.
+        """
+        running = max(0, len(self._dispatched) - self.prefetch)
+        return running + len(self.queued_callbacks) + len(self.queued_connection_tests)
 
     @property
     def slots_available(self) -> int:
@@ -144,7 +152,7 @@ class BistroAdmissionMixin:
             self.admission.live.poll()
         self.admission.set_workers(self._current_workers())
         self._forget_dispatched_waiting()
-        free = self.parallelism - len(self._dispatched)
+        free = self.parallelism + self.prefetch - len(self._dispatched)
         callbacks = list(self.queued_callbacks.values())[: max(free, 0)]
         free -= len(callbacks)
         if not self.queued_tasks:

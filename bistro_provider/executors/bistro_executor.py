@@ -3,7 +3,9 @@
 The machine itself is the one node of the ``worker`` level. Its capacity comes from the
 ``worker`` level's limits, `worker_resources_override` for this host, and the CPU cores
 and RAM detected here when `physical_resources` asks for them. `[bistro] worker_processes`
-bounds how many tasks run at once regardless of resources.
+bounds how many tasks run at once regardless of resources. `[bistro] prefetch_tasks` more
+admitted tasks wait in the worker processes' queue, so that a process that finishes one
+task starts the next without waiting for the scheduler loop.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class BistroExecutor(BistroAdmissionMixin, LocalExecutor):
         options = BistroOptions.from_airflow()
         super().__init__(parallelism=options.worker_processes, team_name=team_name)
         self._init_bistro(options)
+        # Workers take the next task from the queue the moment they finish one.
+        self.prefetch = options.prefetch_tasks
         host = socket.gethostname()
         self._local_worker = WorkerInfo(
             name=host, host=host, physical=detect_physical()

@@ -349,6 +349,8 @@ def executor_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mocker: Any) -
     monkeypatch.setenv("AIRFLOW__BISTRO__CONFIG_FILE", path)
     monkeypatch.setenv("AIRFLOW__BISTRO__WORKER_PROCESSES", "8")
     monkeypatch.setenv("AIRFLOW__BISTRO__MAX_WAITING_TASKS", "10000")
+    # Most tests count dispatched tasks against the 8 worker processes.
+    monkeypatch.setenv("AIRFLOW__BISTRO__PREFETCH_TASKS", "0")
     session = MagicMock(name="session")
     context = MagicMock(name="create_session")
     context.return_value.__enter__.return_value = session
@@ -519,6 +521,23 @@ def test_executor_plain_tasks_need_no_admission(executor_env, patch_snapshot) ->
     assert sorted(w.ti.priority_weight for w in sent) == list(range(2, 10))
     assert len(executor.admission.ledger) == 0
     read.assert_not_called()
+
+
+def test_prefetched_tasks_wait_beyond_worker_processes(
+    executor_env, patch_snapshot, monkeypatch
+) -> None:
+    """Prefetched tasks go to the worker pool's queue but occupy no scheduler slot."""
+    monkeypatch.setenv("AIRFLOW__BISTRO__PREFETCH_TASKS", "3")
+    executor = make_executor(executor_env["path"])
+    patch_snapshot(snapshot_of(executor.admission.live))
+    plain = [make_workload(-1, job=None, priority=p, run_id=f"run{p}") for p in range(20)]
+    queue_all(executor, plain)
+
+    executor.trigger_tasks(open_slots=8)
+
+    assert len(dispatched(executor_env)) == 8 + 3
+    assert executor.slots_occupied == 8
+    assert len(executor.queued_tasks) == 20 - 11
 
 
 def test_requeued_try_waits_for_previous_end(executor_env, patch_snapshot) -> None:

@@ -540,6 +540,39 @@ def test_prefetched_tasks_wait_beyond_worker_processes(
     assert len(executor.queued_tasks) == 20 - 11
 
 
+def test_sync_waits_for_an_ending_only_when_processes_are_busy(
+    executor_env, patch_snapshot, mocker
+) -> None:
+    """With every worker process busy and tasks waiting, sync waits on the result queue
+    instead of letting the scheduler's idle sleep delay the next task."""
+    import multiprocessing
+
+    from bistro_provider.executors import bistro_executor
+
+    executor = make_executor(executor_env["path"])
+    executor.result_queue = multiprocessing.SimpleQueue()
+    executor.ending_wait = 0.01
+    waits = mocker.patch.object(bistro_executor, "wait", return_value=[])
+    patch_snapshot(snapshot_of(executor.admission.live))
+    plain = [make_workload(-1, job=None, priority=p, run_id=f"run{p}") for p in range(4)]
+    queue_all(executor, plain)
+
+    executor.trigger_tasks(open_slots=8)
+    executor.sync()
+    assert waits.call_count == 0  # four processes are still free
+
+    queue_all(executor, [make_workload(-1, job=None, run_id=f"more{p}") for p in range(6)])
+    executor.trigger_tasks(open_slots=8)
+    assert len(executor.queued_tasks) == 2
+    executor.sync()
+    assert waits.call_args.args[0] == [executor.result_queue._reader]
+    assert waits.call_args.kwargs["timeout"] == 0.01
+
+    executor.result_queue.put((plain[0].key, TaskInstanceState.SUCCESS, None))
+    executor.sync()
+    assert waits.call_count == 1  # an ending was already there to read
+
+
 def test_requeued_try_waits_for_previous_end(executor_env, patch_snapshot) -> None:
     """A rescheduled try keeps its task instance id and key, and the scheduler may queue
     it again before the executor has read the end of the previous run.

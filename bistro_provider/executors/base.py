@@ -90,7 +90,7 @@ class BistroAdmissionMixin:
         self.admission = AdmissionController(live, workers=WorkerPool(_empty_settings()))
         self.admission.full_pass_interval = self.options.full_pass_interval
         self.prefetch = 0
-        """Tasks dispatched beyond `parallelism`; they wait in the worker pool's queue."""
+        """Tasks dispatched beyond `parallelism`, which wait in the worker pool's queue."""
         self._dispatched: dict[Any, str] = {}
         """Workloads handed to worker processes: key to task instance id ('' for others)."""
         self._ended: list[tuple[Any, Any, str | None]] = []

@@ -38,7 +38,7 @@ class BistroExecutor(BistroAdmissionMixin, LocalExecutor):
         self.ending_wait = min(
             1.0, conf.getfloat("scheduler", "scheduler_idle_sleep_time", fallback=1.0)
         )
-        """Longest time `sync` waits for a task to end while tasks wait for a process."""
+        """Maximum time in seconds that `sync` waits for a task to end."""
 
     def _current_workers(self) -> list[WorkerInfo]:
         return [self._local_worker]

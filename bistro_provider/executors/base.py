@@ -319,6 +319,28 @@ class BistroAdmissionMixin:
     def _route(self, workload: Any, worker: WorkerInfo | None) -> None:
         """Send `workload` to the chosen worker; the local executor has only one."""
 
+    def try_adopt_task_instances(self, tis: Any) -> Any:
+        """Keep the task instances that this executor still runs or holds waiting, and pass
+        the rest to the executor class.
+
+        Airflow marks a scheduler whose heartbeat is older than `[scheduler]
+        scheduler_health_check_threshold` as failed, its own included after a long stall,
+        and then offers that scheduler's queued and running task instances for adoption.
+        A task instance reset here would run twice.
+        """
+        known = set(self._dispatched.values())
+        known.update(str(workload.ti.id) for workload in self.queued_tasks.values())
+        kept = [ti for ti in tis if str(ti.id) in known]
+        if kept:
+            log.warning(
+                "Kept %d task instances offered for adoption that this executor still runs "
+                "or holds: %s",
+                len(kept),
+                ", ".join(str(ti.id) for ti in kept),
+            )
+        others = [ti for ti in tis if str(ti.id) not in known]
+        return super().try_adopt_task_instances(others)  # type: ignore[misc]
+
     # -- endings --------------------------------------------------------------------------
 
     def change_state(self, key: Any, state: Any, info: Any = None, remove_running: bool = True):

@@ -228,3 +228,21 @@ def test_foreign_grant_of_waiting_task_is_kept(executor_env, patch_snapshot) -> 
 
     assert dispatched(executor_env) == []
     assert executor_env["grants"].rows[other.ti_id] is other
+
+
+def test_adoption_keeps_own_task_instances(executor_env, patch_snapshot) -> None:
+    """A scheduler whose own job was marked failed is offered its own task instances;
+    the ones this executor runs or holds waiting are kept, the others are reset."""
+    executor = make_executor(executor_env["path"])
+    names, paths = snapshot_of(executor.admission.live)
+    patch_snapshot((names, paths))
+    running, waiting = workloads_for(names, ["db11", "db12"])
+    queue_all(executor, [running])
+    executor.trigger_tasks(open_slots=8)
+    assert [w.key for w in dispatched(executor_env)] == [running.key]
+    queue_all(executor, [waiting])
+    stranger = MagicMock(id=uuid.uuid4())
+
+    reset = executor.try_adopt_task_instances([running.ti, waiting.ti, stranger])
+
+    assert reset == [stranger]

@@ -49,6 +49,8 @@ FLAGS = (
 START_TIMEOUT = 30.0
 CALL_TIMEOUT = 30.0
 POLL_SECONDS = 0.25
+NAVIGATION_ERRORS = ("Inspected target navigated or closed", "Execution context was destroyed")
+"""Chromium's errors for a script whose document was replaced while it ran."""
 
 
 class ChromiumError(RuntimeError):
@@ -120,7 +122,14 @@ class Page:
         deadline = time.monotonic() + timeout
         value = None
         while time.monotonic() < deadline:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except ChromiumError as exc:
+                # A redirect (the login page does one) can replace the document while the
+                # expression runs; the next poll evaluates it in the new document.
+                if not any(text in str(exc) for text in NAVIGATION_ERRORS):
+                    raise
+                value = None
             if value:
                 return value
             time.sleep(POLL_SECONDS)

@@ -75,6 +75,21 @@ class RunningTask:
     map_index: int = -1
     worker: str = ""
 
+    @classmethod
+    def from_grant(cls, record: repository.GrantRecord) -> RunningTask:
+        """Build the task that holds the grant `record`."""
+        return cls(
+            record.ti_id,
+            record.dag_id,
+            record.run_id,
+            record.job,
+            record.node,
+            record.granted_at,
+            record.task_id,
+            record.map_index,
+            record.worker,
+        )
+
 
 @dataclass(frozen=True)
 class Granted:
@@ -447,17 +462,7 @@ class AdmissionController:
             state = states.get(record.ti_id)
             if state in ("queued", "running"):
                 self.ledger.force_acquire(record.ti_id, record.holdings)
-                self.running[record.ti_id] = RunningTask(
-                    record.ti_id,
-                    record.dag_id,
-                    record.run_id,
-                    record.job,
-                    record.node,
-                    record.granted_at,
-                    record.task_id,
-                    record.map_index,
-                    record.worker,
-                )
+                self.running[record.ti_id] = RunningTask.from_grant(record)
             else:
                 stale.append(record.ti_id)
         log.info(
@@ -501,17 +506,7 @@ class AdmissionController:
         task = self.running.pop(record.ti_id, None)
         if self.ledger.release(record.ti_id) is not None:
             self._dirty = True
-        return task or RunningTask(
-            record.ti_id,
-            record.dag_id,
-            record.run_id,
-            record.job,
-            record.node,
-            record.granted_at,
-            record.task_id,
-            record.map_index,
-            record.worker,
-        )
+        return task or RunningTask.from_grant(record)
 
     def sync_ledger(self, records: list[repository.GrantRecord]) -> None:
         """Make the in-memory ledger equal the grants in the database.

@@ -77,7 +77,7 @@ class RunningTask:
 
     @classmethod
     def from_grant(cls, record: repository.GrantRecord) -> RunningTask:
-        """Build the task that holds the grant `record`."""
+        """Build the running task that owns the grant `record`."""
         return cls(
             record.ti_id,
             record.dag_id,

@@ -320,8 +320,8 @@ class BistroAdmissionMixin:
         """Send `workload` to the chosen worker; the local executor has only one."""
 
     def try_adopt_task_instances(self, tis: Any) -> Any:
-        """Keep the task instances that this executor still runs or holds waiting, and pass
-        the rest to the executor class.
+        """Keep the task instances that this executor runs or keeps waiting, and pass the
+        rest to the executor class.
 
         Airflow marks a scheduler whose heartbeat is older than `[scheduler]
         scheduler_health_check_threshold` as failed, its own included after a long stall,
@@ -330,13 +330,13 @@ class BistroAdmissionMixin:
         """
         known = set(self._dispatched.values())
         known.update(str(workload.ti.id) for workload in self.queued_tasks.values())
-        kept = [ti for ti in tis if str(ti.id) in known]
-        if kept:
+        own = [ti for ti in tis if str(ti.id) in known]
+        if own:
             log.warning(
-                "Kept %d task instances offered for adoption that this executor still runs "
-                "or holds: %s",
-                len(kept),
-                ", ".join(str(ti.id) for ti in kept),
+                "Kept %d task instances offered for adoption that this executor runs or "
+                "keeps waiting: %s",
+                len(own),
+                ", ".join(str(ti.id) for ti in own),
             )
         others = [ti for ti in tis if str(ti.id) not in known]
         return super().try_adopt_task_instances(others)  # type: ignore[misc]

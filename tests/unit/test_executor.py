@@ -540,7 +540,7 @@ def test_prefetched_tasks_wait_beyond_worker_processes(
     assert len(executor.queued_tasks) == 20 - 11
 
 
-def test_sync_waits_for_an_ending_only_when_processes_are_busy(
+def test_sync_waits_only_when_busy(
     executor_env, patch_snapshot, mocker
 ) -> None:
     """With every worker process busy and tasks waiting, sync waits on the result queue

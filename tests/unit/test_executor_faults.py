@@ -231,8 +231,8 @@ def test_foreign_grant_of_waiting_task_is_kept(executor_env, patch_snapshot) -> 
 
 
 def test_adoption_keeps_own_task_instances(executor_env, patch_snapshot) -> None:
-    """A scheduler whose own job was marked failed is offered its own task instances;
-    the ones this executor runs or holds waiting are kept, the others are reset."""
+    """A scheduler whose own job was marked failed is offered its own task instances.
+    The ones this executor runs or keeps waiting are kept, and the others are reset."""
     executor = make_executor(executor_env["path"])
     names, paths = snapshot_of(executor.admission.live)
     patch_snapshot((names, paths))

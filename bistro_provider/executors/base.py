@@ -8,9 +8,15 @@ How tasks wait: Airflow queues a task instance here, and it stays in `queued_tas
 in the database) until a pass admits it. Every heartbeat runs the Bistro policy over all
 waiting tasks, not only the highest-priority few, so a task that fits never waits behind
 tasks that do not. How many tasks may wait (`[bistro] max_waiting_tasks`) and how many
-worker processes run them (`[bistro] worker_processes`) are separate settings, and only
-admitted tasks count as occupied slots, so waiting tasks never use up `[core] parallelism`
-for other DAGs.
+worker processes run them (`[bistro] worker_processes`) are separate settings, and waiting
+tasks occupy no slot, so they never use up `[core] parallelism` for other DAGs.
+
+Tasks of other DAGs (plain tasks) and callbacks go through exactly as the executor class
+would send them: as many per heartbeat as its open slots, counted as it counts them.
+LocalExecutor in Airflow 3.3 counts nothing it has handed to its worker processes, so plain
+tasks queue there without a cap and a process that finishes one starts the next at once.
+Admitted Bistro tasks are capped apart from them: at most `parallelism + prefetch` are
+handed over and not yet ended, so few of them hold resources while waiting for a process.
 
 Crash windows: a grant is committed to the metadata database before its task is handed to
 a worker process, and removed only after the executor sees the try end. A scheduler that
@@ -90,9 +96,12 @@ class BistroAdmissionMixin:
         self.admission = AdmissionController(live, workers=WorkerPool(_empty_settings()))
         self.admission.full_pass_interval = self.options.full_pass_interval
         self.prefetch = 0
-        """Tasks dispatched beyond `parallelism`, which wait in the worker pool's queue."""
+        """Admitted tasks handed over beyond `parallelism`; they wait in the worker pool's
+        queue."""
         self._dispatched: dict[Any, str] = {}
         """Workloads handed to worker processes: key to task instance id ('' for others)."""
+        self._admitted: set[Any] = set()
+        """Keys in `_dispatched` of Bistro tasks that a pass admitted."""
         self._ended: list[tuple[Any, Any, str | None]] = []
         self._unrecorded: list[RunningTask] = []
         """Ended tasks whose status write failed; retried at the next sync."""
@@ -107,14 +116,17 @@ class BistroAdmissionMixin:
 
     @property
     def slots_occupied(self) -> int:
-        """Count only dispatched work, so that waiting tasks do not use `[core] parallelism`.
+        """Count dispatched work only, so that waiting tasks do not use `[core] parallelism`.
 
-        The first `prefetch` dispatched tasks are not counted either: the scheduler then
+        Plain tasks count as the executor class counts them (`running`, which LocalExecutor
+        leaves empty). Admitted tasks count except the first `prefetch`: the scheduler then
         queues that many tasks beyond its parallelism, and they wait in the worker pool's
         queue for a process to finish its task.
         """
-        running = max(0, len(self._dispatched) - self.prefetch)
-        return running + len(self.queued_callbacks) + len(self.queued_connection_tests)
+        admitted = self._admitted
+        plain = len(self.running) - len(self.running & admitted)  # type: ignore[attr-defined]
+        counted = max(0, len(admitted) - self.prefetch)
+        return plain + counted + len(self.queued_callbacks) + len(self.queued_connection_tests)
 
     @property
     def slots_available(self) -> int:
@@ -147,24 +159,24 @@ class BistroAdmissionMixin:
     # -- admission ------------------------------------------------------------------------
 
     def trigger_tasks(self, open_slots: int) -> None:
-        """Dispatch callbacks and plain tasks, then admit Bistro tasks that fit."""
+        """Dispatch callbacks and plain tasks into `open_slots`, then admit Bistro tasks
+        that fit while fewer than `parallelism + prefetch` admitted tasks are dispatched."""
         if self.admission.live is not None:
             self.admission.live.poll()
         self.admission.set_workers(self._current_workers())
         self._forget_dispatched_waiting()
-        free = self.parallelism + self.prefetch - len(self._dispatched)
-        callbacks = list(self.queued_callbacks.values())[: max(free, 0)]
-        free -= len(callbacks)
+        callbacks = list(self.queued_callbacks.values())[: max(open_slots, 0)]
+        open_slots -= len(callbacks)
         if not self.queued_tasks:
             self._dispatch(callbacks, [])
             return
         plain: list[Any] = []
         granted: list[Granted] = []
+        free = self.parallelism + self.prefetch - len(self._admitted)
         try:
             with create_session() as session:
                 plain = self.admission.resolve(self._unresolved(), session)
-                plain = sorted(plain, key=lambda w: -w.ti.priority_weight)[: max(free, 0)]
-                free -= len(plain)
+                plain = sorted(plain, key=lambda w: -w.ti.priority_weight)[: max(open_slots, 0)]
                 granted = self._admit(free, session)
         except SQLAlchemyError:
             # Grants committed before the error are dispatched below; every other task keeps
@@ -298,6 +310,7 @@ class BistroAdmissionMixin:
             self.admission.forget(workload.ti.key)
             self._route(workload, item.worker)
             workloads.append(workload)
+            self._admitted.add(workload.key)
             log.info(
                 "Admitted %s of job %s on %s (holds %s)",
                 workload.ti.key,
@@ -346,6 +359,7 @@ class BistroAdmissionMixin:
     def change_state(self, key: Any, state: Any, info: Any = None, remove_running: bool = True):
         if state not in (TaskInstanceState.RUNNING, TaskInstanceState.QUEUED):
             self._ended.append((key, state, self._dispatched.pop(key, None)))
+            self._admitted.discard(key)
             self.admission.mark_dirty()
         super().change_state(key, state, info, remove_running=remove_running)
 
@@ -388,6 +402,7 @@ class BistroAdmissionMixin:
         for key, ti_id in list(self._dispatched.items()):
             if ti_id in lost:
                 del self._dispatched[key]
+                self._admitted.discard(key)
         return sorted(lost)
 
     def _handle_orphans(self, session: Any, now: float) -> None:

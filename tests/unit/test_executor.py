@@ -526,12 +526,15 @@ def test_executor_plain_tasks_need_no_admission(executor_env, patch_snapshot) ->
 def test_prefetched_tasks_wait_beyond_worker_processes(
     executor_env, patch_snapshot, monkeypatch
 ) -> None:
-    """Prefetched tasks go to the worker pool's queue but occupy no scheduler slot."""
+    """Up to `prefetch` admitted tasks beyond the worker processes go to the worker pool's
+    queue; they occupy no scheduler slot, and none is admitted beyond them."""
     monkeypatch.setenv("AIRFLOW__BISTRO__PREFETCH_TASKS", "3")
-    executor = make_executor(executor_env["path"])
-    patch_snapshot(snapshot_of(executor.admission.live))
-    plain = [make_workload(-1, job=None, priority=p, run_id=f"run{p}") for p in range(20)]
-    queue_all(executor, plain)
+    hosts = {f"host{h}": [f"db{h}_{d}" for d in range(2)] for h in range(10)}
+    path = write_config(Path(executor_env["path"]), hosts=hosts)
+    executor = make_executor(path)
+    names, paths = snapshot_of(executor.admission.live)
+    patch_snapshot((names, paths))
+    queue_all(executor, [make_workload(index) for index in range(len(names))])
 
     executor.trigger_tasks(open_slots=8)
 
@@ -539,38 +542,48 @@ def test_prefetched_tasks_wait_beyond_worker_processes(
     assert executor.slots_occupied == 8
     assert len(executor.queued_tasks) == 20 - 11
 
+    first = dispatched(executor_env)[0]
+    end_through_worker(executor, first.key)
+    executor.sync()
+    executor.trigger_tasks(open_slots=8)
 
-def test_sync_waits_only_when_busy(
-    executor_env, patch_snapshot, mocker
+    assert len(dispatched(executor_env)) == 12
+    assert executor.slots_occupied == 8
+
+
+def test_plain_tasks_go_through_as_the_executor_class_sends_them(
+    executor_env, patch_snapshot
 ) -> None:
-    """With every worker process busy and tasks waiting, sync waits on the result queue
-    instead of letting the scheduler's idle sleep delay the next task."""
-    import multiprocessing
-
-    from bistro_provider.executors import bistro_executor
-
+    """Plain tasks fill the open slots the executor class reports, whatever is already
+    dispatched, and LocalExecutor counts none of them once handed over."""
     executor = make_executor(executor_env["path"])
-    executor.result_queue = multiprocessing.SimpleQueue()
-    executor.ending_wait = 0.01
-    waits = mocker.patch.object(bistro_executor, "wait", return_value=[])
     patch_snapshot(snapshot_of(executor.admission.live))
-    plain = [make_workload(-1, job=None, priority=p, run_id=f"run{p}") for p in range(4)]
-    queue_all(executor, plain)
+    for round_number in range(3):
+        plain = [make_workload(-1, job=None, run_id=f"r{round_number}-{p}") for p in range(8)]
+        queue_all(executor, plain)
+        executor.trigger_tasks(open_slots=8)
+
+    assert len(dispatched(executor_env)) == 24
+    assert executor.slots_occupied == 0
+    assert executor.queued_tasks == {}
+
+
+def test_plain_tasks_do_not_block_admission(executor_env, patch_snapshot) -> None:
+    """Admitted tasks are capped apart from plain ones, so a stream of plain tasks never
+    keeps a Bistro task that fits from starting."""
+    executor = make_executor(executor_env["path"])
+    names, paths = snapshot_of(executor.admission.live)
+    patch_snapshot((names, paths))
+    queue_all(executor, [make_workload(-1, job=None, run_id=f"p{p}") for p in range(16)])
+    executor.trigger_tasks(open_slots=16)
+    queue_all(executor, workloads_for(names, ["db11"]))
 
     executor.trigger_tasks(open_slots=8)
-    executor.sync()
-    assert waits.call_count == 0  # four processes are still free
 
-    queue_all(executor, [make_workload(-1, job=None, run_id=f"more{p}") for p in range(6)])
-    executor.trigger_tasks(open_slots=8)
-    assert len(executor.queued_tasks) == 2
-    executor.sync()
-    assert waits.call_args.args[0] == [executor.result_queue._reader]
-    assert waits.call_args.kwargs["timeout"] == 0.01
-
-    executor.result_queue.put((plain[0].key, TaskInstanceState.SUCCESS, None))
-    executor.sync()
-    assert waits.call_count == 1  # an ending was already there to read
+    sent = dispatched(executor_env)
+    assert len(sent) == 17
+    assert names[sent[-1].ti.map_index] == "db11"
+    assert executor.slots_occupied == 1
 
 
 def test_requeued_try_waits_for_previous_end(executor_env, patch_snapshot) -> None:

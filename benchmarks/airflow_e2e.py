@@ -10,6 +10,12 @@ and the total task time divided by the worker slots. Task time is measured twice
 the task itself timed, and the time Airflow held a worker slot for it (the task instance's
 start to end), which adds Airflow's per-task overhead.
 
+P5 also runs a baseline in the same run: plain LocalExecutor, no Bistro, as many tasks as
+the fleet has databases, each running a subprocess that sleeps as long as a main-job task
+holds its database. Its makespan divided by its own lower bound (total slot time over the
+worker processes) is the part of the P5 ratio that Airflow's per-task overhead causes on
+this machine whatever the executor does.
+
 Usage: ``python benchmarks/airflow_e2e.py [--tasks 200] [--repeat 3] [--hosts 50]
 [--skip-p4] [--skip-p5]``. Every server binds 127.0.0.1. Results go to stdout as a table
 and to ``benchmarks/airflow_e2e.json``.
@@ -65,16 +71,73 @@ DAG_SOURCE = textwrap.dedent(
 )
 
 
+BASELINE_DAG_ID = "p5_baseline"
+BASELINE_SOURCE = textwrap.dedent(
+    """
+    from __future__ import annotations
+
+    import subprocess
+    import sys
+
+    import pendulum
+    from airflow.sdk import dag, task
+
+
+    @dag(dag_id="{dag_id}", schedule=None, start_date=pendulum.datetime(2024, 1, 1),
+         max_active_tasks=10000)
+    def p5_baseline():
+        @task
+        def items():
+            return list(range({tasks}))
+
+        @task
+        def run(item):
+            subprocess.run([sys.executable, "-c", "import time; time.sleep({hold})"], check=True)
+
+        run.expand(item=items())
+
+
+    p5_baseline()
+    """
+)
+
+
 def _parse_time(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def run_p4_once(executor: str, tasks: int, workers: int) -> float:
     """Return tasks per second of the mapped task under `executor`."""
-    with tempfile.TemporaryDirectory(prefix="bistro-p4-") as tmp:
+    instances = _run_mapped(executor, DAG_ID, DAG_SOURCE.format(dag_id=DAG_ID, tasks=tasks), workers)
+    starts = [_parse_time(ti["start_date"]) for ti in instances]
+    ends = [_parse_time(ti["end_date"]) for ti in instances]
+    return len(instances) / (max(ends) - min(starts))
+
+
+def run_p5_baseline(tasks: int, hold_seconds: float, workers: int) -> dict[str, Any]:
+    """Run the P5 baseline DAG under LocalExecutor; return its makespan and lower bound."""
+    source = BASELINE_SOURCE.format(dag_id=BASELINE_DAG_ID, tasks=tasks, hold=hold_seconds)
+    instances = _run_mapped("LocalExecutor", BASELINE_DAG_ID, source, workers)
+    starts = [_parse_time(ti["start_date"]) for ti in instances]
+    ends = [_parse_time(ti["end_date"]) for ti in instances]
+    slot_total = sum(end - start for start, end in zip(starts, ends))
+    span = max(ends) - min(starts)
+    bound = slot_total / workers
+    return {
+        "tasks": len(instances),
+        "makespan_s": span,
+        "lower_bound_s": bound,
+        "mean_slot_s": slot_total / len(instances),
+        "ratio_slot": span / bound,
+    }
+
+
+def _run_mapped(executor: str, dag_id: str, source: str, workers: int) -> list[dict[str, Any]]:
+    """Run one DAG whose mapped task does the work; return its mapped task instances."""
+    with tempfile.TemporaryDirectory(prefix="bistro-e2e-") as tmp:
         dags = Path(tmp) / "dags"
         dags.mkdir()
-        (dags / "p4.py").write_text(DAG_SOURCE.format(dag_id=DAG_ID, tasks=tasks))
+        (dags / f"{dag_id}.py").write_text(source)
         env = {
             "AIRFLOW__CORE__EXECUTOR": executor,
             "AIRFLOW__CORE__PARALLELISM": str(workers),
@@ -83,14 +146,12 @@ def run_p4_once(executor: str, tasks: int, workers: int) -> float:
             "PYTHONPATH": str(REPO_ROOT),
         }
         with AirflowStack(Path(tmp) / "airflow", dags, env) as stack:
-            run_id = stack.trigger(DAG_ID)
-            state = stack.wait_for_run(DAG_ID, run_id, timeout=1800)
-            instances = [ti for ti in stack.task_instances(DAG_ID, run_id) if ti["map_index"] >= 0]
+            run_id = stack.trigger(dag_id)
+            state = stack.wait_for_run(dag_id, run_id, timeout=1800)
+            instances = [ti for ti in stack.task_instances(dag_id, run_id) if ti["map_index"] >= 0]
         if state != "success":
-            raise RuntimeError(f"{executor}: run ended {state}")
-        starts = [_parse_time(ti["start_date"]) for ti in instances]
-        ends = [_parse_time(ti["end_date"]) for ti in instances]
-        return len(instances) / (max(ends) - min(starts))
+            raise RuntimeError(f"{executor}: {dag_id} run ended {state}")
+        return instances
 
 
 def run_p4(tasks: int, repeat: int, workers: int) -> dict[str, Any]:
@@ -144,6 +205,7 @@ def run_p5(hosts: int) -> dict[str, Any]:
     slot_span = _slot_span(workdir / "airflow" / "airflow.db")
     return {
         "summary": summary,
+        "tasks": len(records),
         "makespan_task_side_s": makespan_work,
         "makespan_airflow_s": slot_span,
         "bounds": bounds,
@@ -195,6 +257,11 @@ def main() -> int:
         print(
             f"P5  makespan / lower bound: {p5['ratio_slot']:.3f} counting Airflow slot time, "
             f"{p5['ratio_work']:.3f} counting task work only (target <= 1.10)"
+        )
+        results["P5_baseline"] = base = run_p5_baseline(p5["tasks"], 1.0, 8)
+        print(
+            f"P5 baseline, plain LocalExecutor, {base['tasks']} tasks of 1 s: makespan / lower "
+            f"bound {base['ratio_slot']:.3f}; P5 / baseline {p5['ratio_slot'] / base['ratio_slot']:.3f}"
         )
     (REPO_ROOT / "benchmarks" / "airflow_e2e.json").write_text(json.dumps(results, indent=2))
     return 0

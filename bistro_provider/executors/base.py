@@ -172,12 +172,11 @@ class BistroAdmissionMixin:
             return
         plain: list[Any] = []
         granted: list[Granted] = []
-        free = self.parallelism + self.prefetch - len(self._admitted)
         try:
             with create_session() as session:
                 plain = self.admission.resolve(self._unresolved(), session)
                 plain = sorted(plain, key=lambda w: -w.ti.priority_weight)[: max(open_slots, 0)]
-                granted = self._admit(free, session)
+                granted = self._admit(self._admission_room(), session)
         except SQLAlchemyError:
             # Grants committed before the error are dispatched below; every other task keeps
             # waiting here and the next heartbeat tries again.
@@ -187,6 +186,29 @@ class BistroAdmissionMixin:
                 len(self.admission.waiting),
             )
         self._dispatch([*callbacks, *plain], granted)
+
+    def _admission_room(self) -> int:
+        return self.parallelism + self.prefetch - len(self._admitted)
+
+    def _admit_after_endings(self) -> None:
+        """Admit waiting tasks into the room that tasks ended in this heartbeat freed.
+
+        Airflow's heartbeat dispatches before it reads endings, so without this a freed
+        slot would stay empty for a whole scheduler loop.
+        """
+        if not self.admission.waiting or self._admission_room() <= 0:
+            return
+        granted: list[Granted] = []
+        try:
+            with create_session() as session:
+                granted = self._admit(self._admission_room(), session)
+        except SQLAlchemyError:
+            log.exception(
+                "Bistro admission could not use the metadata database; %d tasks keep waiting "
+                "and the pass is retried on the next heartbeat",
+                len(self.admission.waiting),
+            )
+        self._dispatch([], granted)
 
     def _forget_dispatched_waiting(self) -> None:
         """Drop waiting entries of task instances that are already dispatched.
@@ -368,6 +390,7 @@ class BistroAdmissionMixin:
         if self._ended:
             ended, self._ended = self._ended, []
             self._unrecorded += record_endings(self.admission, ended)
+            self._admit_after_endings()
         elif self._unrecorded:
             self._unrecorded = retry_endings(self._unrecorded)
         now = time.time()

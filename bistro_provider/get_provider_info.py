@@ -137,11 +137,21 @@ CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
     ),
     "full_pass_interval": _option(
         "An admission pass runs whenever tasks arrive, tasks end, or the config, nodes or "
-        "capacity change; otherwise at least this often, in seconds (for dependencies and "
-        "backoffs that expire).",
+        "capacity change. A pass over every waiting task runs at least this often, in "
+        "seconds, which also catches status changes made outside the executor (a forgiven "
+        "node, an expired backoff).",
         "float",
         "5",
         "10",
+    ),
+    "incremental_admission": _option(
+        "After a task ends or a task arrives, look only at the waiting tasks that can start "
+        "because of it: those whose path passes through a node the ended task freed, those "
+        "that waited for a worker when a worker was freed, and the new ones. False tries every "
+        "waiting task on every pass.",
+        "boolean",
+        "True",
+        "False",
     ),
     "max_node_deletion_fraction": _option(
         "A node refresh that would remove more than this fraction of any level's nodes is "

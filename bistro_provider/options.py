@@ -33,6 +33,7 @@ class BistroOptions:
     grant_check_interval: float = 30.0
     state_sync_interval: float = 2.0
     full_pass_interval: float = 5.0
+    incremental_admission: bool = True
     max_node_deletion_fraction: float = 0.5
     worker_refresh_interval: float = 5.0
     worker_lost_after: float = 30.0
@@ -47,6 +48,9 @@ class BistroOptions:
 
         def get_int(name: str, default: int) -> int:
             return conf.getint(SECTION, name, fallback=default)
+
+        def get_bool(name: str, default: bool) -> bool:
+            return conf.getboolean(SECTION, name, fallback=default)
 
         def get_str(name: str, default: str) -> str:
             return conf.get(SECTION, name, fallback=default) or default
@@ -72,6 +76,7 @@ class BistroOptions:
             grant_check_interval=get_float("grant_check_interval", cls.grant_check_interval),
             state_sync_interval=get_float("state_sync_interval", cls.state_sync_interval),
             full_pass_interval=get_float("full_pass_interval", cls.full_pass_interval),
+            incremental_admission=get_bool("incremental_admission", cls.incremental_admission),
             max_node_deletion_fraction=get_float(
                 "max_node_deletion_fraction", cls.max_node_deletion_fraction
             ),

@@ -136,6 +136,18 @@ class AdmissionController:
         self._dirty = True
         self._last_pass = 0.0
         self._seen: tuple[Any, Any] = (None, None)
+        # What changed since the last pass, for scoped passes (`run_pass(scoped=True)`).
+        self._full = True
+        self._last_full = 0.0
+        self._new: set[Any] = set()
+        self._freed: set[str] = set()
+        self._worker_freed = False
+        self._worker_blocked: set[Any] = set()
+        self._index: dict[str, set[Any]] = {}
+        """Node name to the keys of waiting tasks whose possible paths include it."""
+        self._indexed: dict[Any, frozenset[str]] = {}
+        self.last_pass_tasks = 0
+        """How many waiting tasks the last pass looked at."""
         self._names: dict[tuple[str, str, str], list[str]] = {}
         self._paths: dict[tuple[str, str, str], dict[str, list[str]]] = {}
 
@@ -179,6 +191,8 @@ class AdmissionController:
                 continue
             if task is not None:
                 self.waiting[key] = task
+                self._index_task(key, task)
+                self._new.add(key)
                 self._dirty = True
         return plain
 
@@ -189,8 +203,9 @@ class AdmissionController:
             self.live.define_job(str(marker["job"]), definition, str(marker.get("defined_in", "")))
 
     def mark_dirty(self) -> None:
-        """Ask for a pass at the next opportunity: capacity was freed or changed."""
+        """Ask for a full pass at the next opportunity: capacity or workers changed."""
         self._dirty = True
+        self._full = True
 
     def pass_due(self, now: float) -> bool:
         """Return True if something changed since the last pass, or it is time for one."""
@@ -198,8 +213,91 @@ class AdmissionController:
         seen = (live.config, live.forest) if live else (None, None)
         if seen[0] is not self._seen[0] or seen[1] is not self._seen[1]:
             self._seen = seen
-            self._dirty = True
-        return self._dirty or now - self._last_pass >= self.full_pass_interval
+            self._reindex()
+            self.mark_dirty()
+        if now - self._last_full >= self.full_pass_interval:
+            self._full = True
+        return self._dirty or self._full
+
+    # -- what a scoped pass looks at ------------------------------------------------------
+
+    def _index_task(self, key: Any, task: WaitingTask) -> None:
+        names = frozenset(self._possible_path_names(task))
+        self._indexed[key] = names
+        for name in names:
+            self._index.setdefault(name, set()).add(key)
+
+    def _unindex_task(self, key: Any) -> None:
+        for name in self._indexed.pop(key, ()):
+            keys = self._index.get(name)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._index[name]
+        self._new.discard(key)
+        self._worker_blocked.discard(key)
+
+    def _reindex(self) -> None:
+        """Index every waiting task again, after the config or the forest changed."""
+        self._index = {}
+        self._indexed = {}
+        for key, task in self.waiting.items():
+            self._index_task(key, task)
+
+    def _possible_path_names(self, task: WaitingTask) -> set[str]:
+        """Return the names of every node on any path the task may run on: its recorded
+        path, and the paths of its node's replicas in the live forest."""
+        names = {task.node, *task.recorded_path}
+        config = self.live.config if self.live else None
+        forest = self.live.forest if self.live else None
+        job = config.jobs.get(task.job) if config else None
+        if config is None or forest is None or job is None:
+            return names
+        settings = config.settings
+        level = settings.level_index(job.level_for_tasks or settings.level_for_tasks)
+        for node in forest.replica_tuple(level, task.node):
+            names.update(node.path_names())
+        return names
+
+    def _note_freed(self, holdings: Holdings | None) -> None:
+        """Remember the nodes whose room a released holder gave back."""
+        if not holdings:
+            return
+        self._dirty = True
+        for level, name in holdings:
+            if level == WORKER_LEVEL:
+                self._worker_freed = True
+            else:
+                self._freed.add(name)
+
+    def _scope(self) -> list[WaitingTask] | None:
+        """Return the waiting tasks that can start after the changes since the last pass,
+        or None when every waiting task needs a look.
+
+        When a pass tries every candidate, each one left waiting does not fit, and room only
+        shrinks during a pass. Afterwards a task can start only if a node on one of its
+        possible paths got room back, a worker got room back while the task's path fitted
+        and no worker did, or it is new. A new task brings the tasks on its own node in,
+        so that an earlier run's task on that node still goes first.
+        """
+        if self._full:
+            return None
+        keys = set(self._new)
+        for key in self._new:
+            task = self.waiting.get(key)
+            if task is not None:
+                keys.update(self._index.get(task.node, ()))
+        for name in self._freed:
+            keys.update(self._index.get(name, ()))
+        if self._worker_freed:
+            keys.update(self._worker_blocked)
+        return [self.waiting[key] for key in keys if key in self.waiting]
+
+    def _clear_changes(self) -> None:
+        self._full = False
+        self._new.clear()
+        self._freed.clear()
+        self._worker_freed = False
 
     def _resolve_one(
         self, workload: Any, marker: dict[str, Any], session: Session
@@ -229,6 +327,7 @@ class AdmissionController:
         return WaitingTask(workload, str(marker["job"]), node, snapshot, path)
 
     def forget(self, key: Any) -> WaitingTask | None:
+        self._unindex_task(key)
         return self.waiting.pop(key, None)
 
     def set_workers(self, workers: list[WorkerInfo]) -> None:
@@ -238,11 +337,11 @@ class AdmissionController:
         config = self.live.config if self.live else None
         if config is not None and self.workers.settings is not config.settings:
             self.workers.update_settings(config.settings)
-            self._dirty = True
+            self.mark_dirty()
         if list(self.workers.workers.values()) != sorted(workers, key=lambda w: w.name):
             lost = set(self.workers.workers) - {worker.name for worker in workers}
             self.workers.set_workers(sorted(workers, key=lambda w: w.name))
-            self._dirty = True
+            self.mark_dirty()
             for task in [t for t in self.running.values() if t.worker in lost]:
                 log.warning(
                     "Worker %s is gone; releasing what task %s (%s on %s) held",
@@ -263,8 +362,16 @@ class AdmissionController:
 
     # -- the pass -------------------------------------------------------------------------
 
-    def run_pass(self, free_slots: int, statuses: dict[tuple[str, str], Any]) -> list[Granted]:
-        """Admit waiting tasks by the configured policy while worker slots are free."""
+    def run_pass(
+        self, free_slots: int, statuses: dict[tuple[str, str], Any], *, scoped: bool = False
+    ) -> list[Granted]:
+        """Admit waiting tasks by the configured policy while worker slots are free.
+
+        :param scoped: look only at the waiting tasks that the changes since the last pass
+            can let start (see `_scope`). A full pass still runs after the config, nodes,
+            workers or capacity changed, after a pass that stopped early, and at least
+            every `full_pass_interval` seconds. Without it, every waiting task is tried.
+        """
         config = self.live.config if self.live else None
         if config is None or not self.waiting:
             return []
@@ -272,10 +379,17 @@ class AdmissionController:
             for task in self.waiting.values():
                 task.reason = "scheduling is disabled (bistro_settings.enabled is false)"
             return []
+        now = time.time()
+        scope = self._scope() if scoped else None
         self._dirty = False
-        self._last_pass = time.time()
+        self._last_pass = now
+        if scope is None:
+            self._last_full = now
+        self._clear_changes()
+        if scope is not None and not scope:
+            return []
         forest = self.live.forest if self.live else None
-        entries, by_task = self._build_candidates(config, forest, statuses)
+        entries, by_task = self._build_candidates(config, forest, statuses, scope)
         granted: list[Granted] = []
         slots = [free_slots]
         chosen: dict[tuple[str, str], WorkerInfo] = {}
@@ -308,17 +422,32 @@ class AdmissionController:
             key = (admission.job, admission.node)
             granted.append(Granted(by_task[key], admission, chosen.get(key)))
         for key, reason in result.waiting.items():
-            if key in by_task:
-                by_task[key].reason = reason
+            task = by_task.get(key)
+            if task is None:
+                continue
+            task.reason = reason
+            if key not in result.blockers and reason == "no worker available":
+                self._worker_blocked.add(task.workload.ti.key)
+            else:
+                self._worker_blocked.discard(task.workload.ti.key)
+        if result.stopped_early:
+            # Untried candidates may fit, so the next pass must look at every task.
+            self._full = True
         return granted
 
     def _build_candidates(
-        self, config: Config, forest: Forest | None, statuses: dict[tuple[str, str], Any]
+        self,
+        config: Config,
+        forest: Forest | None,
+        statuses: dict[tuple[str, str], Any],
+        tasks: list[WaitingTask] | None = None,
     ) -> tuple[list[JobCandidates[Candidate]], dict[tuple[str, str], WaitingTask]]:
         settings = config.settings
         by_job: dict[str, dict[str, WaitingTask]] = {}
         running = {(task.job, task.node) for task in self.running.values()}
-        for task in sorted(self.waiting.values(), key=lambda item: item.since):
+        considered = self.waiting.values() if tasks is None else tasks
+        self.last_pass_tasks = len(considered)
+        for task in sorted(considered, key=lambda item: item.since):
             if task.ti_id in self.ledger:
                 # A rescheduled try keeps its id; wait until the previous try's end is seen.
                 task.reason = "the previous attempt of this task instance has not ended yet"
@@ -445,7 +574,7 @@ class AdmissionController:
     def rollback(self, granted: list[Granted]) -> None:
         """Give back resources of grants whose commit failed; the tasks keep waiting."""
         for item in granted:
-            self.ledger.release(item.task.ti_id)
+            self._note_freed(self.ledger.release(item.task.ti_id))
             self.running.pop(item.task.ti_id, None)
 
     def rebuild(self, session: Session) -> list[str]:
@@ -492,10 +621,9 @@ class AdmissionController:
     def release(self, ti_id: str) -> RunningTask | None:
         """Give back what a task holds when its try ended; return the task if it held any."""
         task = self.running.pop(ti_id, None)
-        released = self.ledger.release(ti_id) is not None
-        if released:
-            self._dirty = True
-        return task if released else None
+        holdings = self.ledger.release(ti_id)
+        self._note_freed(holdings)
+        return task if holdings is not None else None
 
     def release_foreign(self, record: repository.GrantRecord) -> RunningTask:
         """Give back what another scheduler's task held; return it as an ended task.
@@ -504,8 +632,7 @@ class AdmissionController:
         the task is rebuilt from its grant row for recording its Bistro status.
         """
         task = self.running.pop(record.ti_id, None)
-        if self.ledger.release(record.ti_id) is not None:
-            self._dirty = True
+        self._note_freed(self.ledger.release(record.ti_id))
         return task or RunningTask.from_grant(record)
 
     def sync_ledger(self, records: list[repository.GrantRecord]) -> None:
@@ -517,7 +644,7 @@ class AdmissionController:
         wanted = {record.ti_id: record for record in records}
         for holder in list(self.ledger.holders()):
             if holder not in wanted:
-                self.ledger.release(holder)
+                self._note_freed(self.ledger.release(holder))
         for ti_id, record in wanted.items():
             if ti_id not in self.ledger:
                 self.ledger.force_acquire(ti_id, record.holdings)

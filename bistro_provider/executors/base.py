@@ -241,7 +241,9 @@ class BistroAdmissionMixin:
         repository.lock_admission(session)
         records = self._drop_unseen_commits(repository.load_grants(session), session)
         self.admission.sync_ledger(records)
-        granted = self._drop_not_queued(self.admission.run_pass(free, statuses), session)
+        scoped = self.options.incremental_admission
+        granted = self.admission.run_pass(free, statuses, scoped=scoped)
+        granted = self._drop_not_queued(granted, session)
         if not granted:
             # Ends the transaction, which releases the admission lock.
             session.commit()
@@ -382,7 +384,6 @@ class BistroAdmissionMixin:
         if state not in (TaskInstanceState.RUNNING, TaskInstanceState.QUEUED):
             self._ended.append((key, state, self._dispatched.pop(key, None)))
             self._admitted.discard(key)
-            self.admission.mark_dirty()
         super().change_state(key, state, info, remove_running=remove_running)
 
     def sync(self) -> None:

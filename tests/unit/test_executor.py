@@ -642,6 +642,25 @@ def test_executor_ten_thousand_waiting(executor_env, patch_snapshot, capsys) -> 
     assert len(granted) == 200 - 8
     assert len(executor.admission.ledger) == 200
 
+    # One dispatched task ends: the scoped pass looks only at the waiting databases of
+    # its host and starts one of them. The grants of the pass above are recorded, as the
+    # executor records what it admits.
+    executor.admission.commit(granted, executor_env["session"], {})
+    for item in granted:
+        executor.admission.forget(item.task.workload.ti.key)
+    ended = dispatched(executor_env)[0]
+    host = f"host{names[ended.ti.map_index].split('_')[0][2:]}"
+    end_through_worker(executor, ended.key)
+    started = time.perf_counter()
+    executor.sync()
+    scoped_seconds = time.perf_counter() - started
+    with capsys.disabled():
+        print(f"sync with one ending and a scoped pass: {scoped_seconds * 1000:.2f} ms")
+
+    [after] = dispatched(executor_env)[8:]
+    assert paths[names[after.ti.map_index]][1] == host
+    assert executor.admission.last_pass_tasks == 100 - 2
+
 
 def grant_record(ti_id: str, holdings: dict[Any, dict[str, int]]) -> repository.GrantRecord:
     return repository.GrantRecord(

@@ -85,7 +85,8 @@ CONFIG_OPTIONS: dict[str, dict[str, Any]] = {
         "free, so that a process that finishes a task starts the next one at once instead "
         "of waiting for the next scheduler loop (up to [scheduler] scheduler_idle_sleep_time "
         "when the scheduler is idle). A prefetched task holds its resources while it waits "
-        "for a process. 0 turns prefetching off.",
+        "for a process. 0 turns prefetching off. Tasks of DAGs without a Bistro job are not "
+        "capped: they go to the worker processes as LocalExecutor sends them.",
         "integer",
         "8",
         "0",

@@ -180,12 +180,15 @@ class BistroAdmissionMixin:
         except SQLAlchemyError:
             # Grants committed before the error are dispatched below; every other task keeps
             # waiting here and the next heartbeat tries again.
-            log.exception(
-                "Bistro admission could not use the metadata database; %d tasks keep waiting "
-                "and the pass is retried on the next heartbeat",
-                len(self.admission.waiting),
-            )
+            self._log_admission_failure()
         self._dispatch([*callbacks, *plain], granted)
+
+    def _log_admission_failure(self) -> None:
+        log.exception(
+            "Bistro admission could not use the metadata database; %d tasks keep waiting "
+            "and the pass is retried on the next heartbeat",
+            len(self.admission.waiting),
+        )
 
     def _admission_room(self) -> int:
         return self.parallelism + self.prefetch - len(self._admitted)
@@ -203,11 +206,7 @@ class BistroAdmissionMixin:
             with create_session() as session:
                 granted = self._admit(self._admission_room(), session)
         except SQLAlchemyError:
-            log.exception(
-                "Bistro admission could not use the metadata database; %d tasks keep waiting "
-                "and the pass is retried on the next heartbeat",
-                len(self.admission.waiting),
-            )
+            self._log_admission_failure()
         self._dispatch([], granted)
 
     def _forget_dispatched_waiting(self) -> None:

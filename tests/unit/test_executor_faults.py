@@ -16,6 +16,7 @@ from typing import Any
 from unittest.mock import MagicMock
 
 import pytest
+from airflow.utils.state import TaskInstanceState
 from sqlalchemy.exc import OperationalError
 
 from bistro_provider.executors.admission import RunningTask
@@ -77,6 +78,34 @@ def test_stale_waiting_task_is_forgotten(executor_env, patch_snapshot, mocker) -
 
     assert executor.admission.waiting == {}
     assert executor.queued_tasks == {}
+
+
+def test_dropped_connection_after_an_ending_keeps_tasks_waiting(
+    executor_env, patch_snapshot, mocker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pass that sync runs after an ending fails: the ending is still recorded, the
+    next task keeps waiting, and the next heartbeat admits it."""
+    executor = make_executor(executor_env["path"])
+    names, paths = snapshot_of(executor.admission.live)
+    patch_snapshot((names, paths))
+    queue_all(executor, workloads_for(names, ["db11", "db12", "db13"]))
+    executor.trigger_tasks(open_slots=8)
+    [first, _second] = dispatched(executor_env)
+    mocker.patch.object(repository, "load_statuses", side_effect=DROPPED)
+
+    executor.result_queue.put((first.key, TaskInstanceState.SUCCESS, None))
+    executor.sync()
+
+    assert len(dispatched(executor_env)) == 2
+    assert len(executor.admission.waiting) == 1
+    assert str(first.ti.id) not in executor_env["grants"].rows
+    assert "could not use the metadata database" in caplog.text
+
+    mocker.patch.object(repository, "load_statuses", return_value={})
+    executor.trigger_tasks(open_slots=8)
+
+    assert len(dispatched(executor_env)) == 3
+    assert executor.admission.waiting == {}
 
 
 def test_dropped_connection_keeps_tasks_waiting(

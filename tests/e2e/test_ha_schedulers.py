@@ -96,8 +96,8 @@ def test_two_schedulers_never_run_two_tasks_on_one_database(tmp_path, postgres_d
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres_database,
         "AIRFLOW__BISTRO__CONFIG_FILE": str(config_path),
         "AIRFLOW__BISTRO__WORKER_PROCESSES": "4",
-        # One scheduler can otherwise queue all 200 task instances in its first loops and
-        # leave the other nothing to admit; with 40 each, both must admit.
+        # Without a cap, one scheduler can queue all 200 task instances in its first loops
+        # and leave the other nothing to admit. With 40 each, both must admit.
         "AIRFLOW__BISTRO__MAX_WAITING_TASKS": "40",
         "AIRFLOW__CORE__PARALLELISM": "64",
         "AIRFLOW__SCHEDULER__MAX_TIS_PER_QUERY": "64",

@@ -526,7 +526,7 @@ def test_prefetched_tasks_wait_beyond_worker_processes(
     executor_env, patch_snapshot, monkeypatch
 ) -> None:
     """Up to `prefetch` admitted tasks beyond the worker processes go to the worker pool's
-    queue; they occupy no scheduler slot, and none is admitted beyond them."""
+    queue. They occupy no scheduler slot, and no task is admitted beyond them."""
     monkeypatch.setenv("AIRFLOW__BISTRO__PREFETCH_TASKS", "3")
     hosts = {f"host{h}": [f"db{h}_{d}" for d in range(2)] for h in range(10)}
     path = write_config(Path(executor_env["path"]), hosts=hosts)
@@ -550,7 +550,7 @@ def test_prefetched_tasks_wait_beyond_worker_processes(
     assert executor.slots_occupied == 8
 
 
-def test_plain_tasks_go_through_as_the_executor_class_sends_them(
+def test_plain_tasks_fill_open_slots(
     executor_env, patch_snapshot
 ) -> None:
     """Plain tasks fill the open slots the executor class reports, whatever is already

@@ -134,7 +134,6 @@ class AdmissionController:
         """Tasks released because their worker was lost; their grant rows are still to go."""
         self.full_pass_interval = 5.0
         self._dirty = True
-        self._last_pass = 0.0
         self._seen: tuple[Any, Any] = (None, None)
         # What changed since the last pass, for scoped passes (`run_pass(scoped=True)`).
         self._full = True
@@ -382,7 +381,6 @@ class AdmissionController:
         now = time.time()
         scope = self._scope() if scoped else None
         self._dirty = False
-        self._last_pass = now
         if scope is None:
             self._last_full = now
         self._clear_changes()

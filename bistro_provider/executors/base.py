@@ -5,9 +5,10 @@ embedded default, CeleryExecutor for the production path) and decides which queu
 instances that executor may run now.
 
 How tasks wait: Airflow queues a task instance here, and it stays in `queued_tasks` (QUEUED
-in the database) until a pass admits it. Every heartbeat runs the Bistro policy over all
-waiting tasks, not only the highest-priority few, so a task that fits never waits behind
-tasks that do not. How many tasks may wait (`[bistro] max_waiting_tasks`) and how many
+in the database) until a pass admits it. A pass runs the Bistro policy over every waiting
+task that could start, not only the highest-priority few, so a task that fits never waits
+behind tasks that do not. After a pass that tried every task, the next one looks only at
+tasks that an ending or an arrival can let start (`AdmissionController.run_pass`). How many tasks may wait (`[bistro] max_waiting_tasks`) and how many
 worker processes run them (`[bistro] worker_processes`) are separate settings, and waiting
 tasks occupy no slot, so they never use up `[core] parallelism` for other DAGs.
 
@@ -96,8 +97,8 @@ class BistroAdmissionMixin:
         self.admission = AdmissionController(live, workers=WorkerPool(_empty_settings()))
         self.admission.full_pass_interval = self.options.full_pass_interval
         self.prefetch = 0
-        """Admitted tasks handed over beyond `parallelism`; they wait in the worker pool's
-        queue."""
+        """Number of admitted tasks handed over beyond `parallelism`. They wait in the worker
+        pool's queue."""
         self._dispatched: dict[Any, str] = {}
         """Workloads handed to worker processes: key to task instance id ('' for others)."""
         self._admitted: set[Any] = set()
@@ -123,9 +124,8 @@ class BistroAdmissionMixin:
         queues that many tasks beyond its parallelism, and they wait in the worker pool's
         queue for a process to finish its task.
         """
-        admitted = self._admitted
-        plain = len(self.running) - len(self.running & admitted)  # type: ignore[attr-defined]
-        counted = max(0, len(admitted) - self.prefetch)
+        plain = len(self.running - self._admitted)  # type: ignore[attr-defined]
+        counted = max(0, len(self._admitted) - self.prefetch)
         return plain + counted + len(self.queued_callbacks) + len(self.queued_connection_tests)
 
     @property

@@ -80,7 +80,7 @@ def test_stale_waiting_task_is_forgotten(executor_env, patch_snapshot, mocker) -
     assert executor.queued_tasks == {}
 
 
-def test_dropped_connection_after_an_ending_keeps_tasks_waiting(
+def test_failed_pass_after_ending_retries(
     executor_env, patch_snapshot, mocker, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The pass that sync runs after an ending fails: the ending is still recorded, the

@@ -157,7 +157,7 @@ def test_scoped_pass_looks_only_under_the_freed_host(tmp_path, patch_snapshot) -
     assert twin.full.last_pass_tasks == 500 - 100
 
 
-def test_freed_worker_brings_back_tasks_that_waited_for_one(tmp_path, patch_snapshot) -> None:
+def test_freed_worker_scopes_worker_waiters(tmp_path, patch_snapshot) -> None:
     live = live_forest(write_fleet(tmp_path / "bistro.json", hosts=4, dbs=3, worker_slots=2))
     names, paths = snapshot_of(live)
     patch_snapshot((names, paths))
@@ -174,7 +174,7 @@ def test_freed_worker_brings_back_tasks_that_waited_for_one(tmp_path, patch_snap
     assert twin.scoped.last_pass_tasks >= len(waiting_for_worker) - 1
 
 
-def test_new_task_of_a_later_run_waits_behind_the_earlier_one(tmp_path, patch_snapshot) -> None:
+def test_earlier_run_goes_first(tmp_path, patch_snapshot) -> None:
     """The earlier run's task waited for a status that then changed outside the executor.
     A later run's task on the same node arrives, and it brings the earlier one into the
     scoped pass, which starts the earlier one."""
